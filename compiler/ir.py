@@ -1,0 +1,183 @@
+"""The typed IR: frozen dataclasses with every shape concrete.
+
+The IR is the only input to lowering. It is built from a checked spec by
+`compiler.build_ir` and never imports the spec layer's types into model code.
+Derived values (head_dim, parameter counts, FLOPs, cache bytes) live here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DecoderIR:
+    """A Llama-style decoder (also GPT-style through norm/mlp/pos options)."""
+
+    name: str
+    vocab: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    max_len: int
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    norm_eps: float = 1e-5
+    mlp: str = "swiglu"  # swiglu | gelu
+    pos: str = "rope"  # rope | learned
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 (compute and storage)
+    trainable: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class ProjectionIR:
+    """Maps large-model residual vectors (d_in) to small-model ones (d_out)."""
+
+    name: str
+    kind: str  # linear | mlp
+    d_in: int
+    d_out: int
+    per_layer: bool = True  # one projection per wired small layer, or one shared
+    bias: bool = False
+    hidden: int = 0  # mlp only
+
+
+@dataclass(frozen=True)
+class WiringIR:
+    """How a small model reads a large model.
+
+    `layer_map[j]` is the large-model layer whose residual stream (0 = embeddings,
+    n_layers = last layer before the final norm) small layer j attends to, or None
+    for an ordinary causal layer. kind == "none" means an independent model: every
+    entry is None and there is no projection.
+    """
+
+    kind: str  # tandem | none
+    query: str
+    memory: str | None
+    layer_map: tuple[int | None, ...]
+    projection: ProjectionIR | None
+    block: int = 2  # training block length gamma (minimum when sampled)
+    block_max: int = 2  # == block: fixed; > block: sampled per sequence from [block, block_max]
+    random_offset: bool = False  # shift the block grid by a random offset per sequence
+
+    @property
+    def wired_layers(self) -> tuple[int, ...]:
+        return tuple(j for j, src in enumerate(self.layer_map) if src is not None)
+
+
+@dataclass(frozen=True)
+class OptimizerIR:
+    kind: str = "adamw"  # adamw | adam | sgd
+    lr: float = 3e-3
+    warmup: int = 0
+    schedule: str = "cosine"  # cosine | constant | linear
+    weight_decay: float = 0.0
+    clip: float = 1.0  # global-norm clipping, 0 = off
+    b1: float = 0.9
+    b2: float = 0.95
+
+
+@dataclass(frozen=True)
+class ObjectiveIR:
+    """What a training stage optimizes.
+
+    kind: ce (language modelling / Tandem-CE on `model`) or distil
+    ((1-w)*CE + w*CE(softmax(z_teacher/T), p_model)).
+    """
+
+    kind: str
+    model: str
+    teacher: str | None = None
+    weight: float = 0.5
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainStageIR:
+    name: str
+    objective: ObjectiveIR
+    trainable: tuple[str, ...]  # model and projection names that get gradients
+    optimizer: OptimizerIR
+    steps: int
+    batch: int
+    seq_len: int
+    eval_every: int = 100
+    eval_batches: int = 4
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingIR:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class AdaptiveIR:
+    rule: str = "threshold"  # threshold | expected_gain | confidence | fixed
+    router: str = "mlp"
+    hidden: int = 64
+    top_k: int = 4
+    threshold: float = 0.8
+    max_gamma: int = 16
+
+
+@dataclass(frozen=True)
+class DecodeIR:
+    policy: str  # autoregressive | standalone | speed | adaptive
+    target: str
+    draft: str | None = None  # a model name (None for autoregressive)
+    draft_ngram: int = 0  # > 0: prompt-lookup drafter with this n, no draft model
+    gamma: int = 4
+    free_token: bool = True  # standalone: the large model's own next token starts M_S
+    adaptive: AdaptiveIR | None = None
+    sampling: SamplingIR = field(default_factory=SamplingIR)
+    max_new_tokens: int = 64
+    eos_id: int = -1  # -1 = never stop early
+
+
+@dataclass(frozen=True)
+class MeshIR:
+    axes: tuple[tuple[str, int], ...] = (("data", -1), ("model", 1))
+    rules: tuple[tuple[str, str | None], ...] = ()  # logical axis -> mesh axis, first match wins
+
+
+@dataclass(frozen=True)
+class ProgramIR:
+    """Everything lowering needs: models, the wiring of each small model, stages, decode."""
+
+    name: str
+    models: tuple[DecoderIR, ...]
+    wirings: tuple[WiringIR, ...]
+    train: tuple[TrainStageIR, ...]
+    decode: DecodeIR | None
+    batch: int
+    max_len: int
+    mesh: MeshIR = field(default_factory=MeshIR)
+
+    def model(self, name: str) -> DecoderIR:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def wiring_of(self, query: str) -> WiringIR | None:
+        for w in self.wirings:
+            if w.query == query:
+                return w
+        return None
