@@ -1,0 +1,1 @@
+"""tandem-dsl: the spec language (load, validate, resolve, check). Imports no JAX."""

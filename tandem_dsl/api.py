@@ -1,0 +1,148 @@
+"""The pipeline in one place: load -> overrides -> validate -> resolve -> check.
+
+Each stage collects all of its errors and raises one `SpecError` for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import model
+from .checks import run_checks
+from .diagnostics import Collector, Origin
+from .resolve import resolve, to_spec
+from .schema import validate, yaml_name
+from .source import Doc, apply_overrides, load_file, parse_yaml
+
+
+@dataclass
+class Loaded:
+    """A checked spec with its resolved document (values and where each came from)."""
+
+    spec: model.Spec
+    doc: Doc
+
+
+def _version(doc: Doc, errors: Collector) -> None:
+    version = doc.tree.get("tandem")
+    if isinstance(version, int) and not isinstance(version, bool):
+        if version > model.SPEC_VERSION:
+            errors.error(
+                "E-VERSION",
+                f"spec version {version} is newer than this tandem-dsl understands "
+                f"(version {model.SPEC_VERSION})",
+                doc.origin(("tandem",)),
+                "tandem",
+                "upgrade tandem-dsl: pip install -U tandem-dsl",
+            )
+        elif version < 1:
+            errors.error(
+                "E-VERSION",
+                f"spec version {version} does not exist",
+                doc.origin(("tandem",)),
+                "tandem",
+                "write `tandem: 1`",
+            )
+
+
+def finish(doc: Doc, overrides, stop_after: str | None = None) -> Loaded | Doc:
+    errors = Collector("override")
+    apply_overrides(doc, list(overrides), errors)
+    errors.raise_if_any()
+    errors = Collector("validate")
+    _version(doc, errors)
+    errors.raise_if_any()
+    validate(doc, errors)
+    errors.raise_if_any()
+    errors = Collector("resolve")
+    doc = resolve(doc, errors)
+    errors.raise_if_any()
+    spec = to_spec(doc.tree)
+    if stop_after == "resolve":
+        return Loaded(spec, doc)
+    errors = Collector("check")
+    run_checks(spec, doc, errors)
+    errors.raise_if_any()
+    return Loaded(spec, doc)
+
+
+def load_checked(path: str | Path, overrides=(), stop_after: str | None = None) -> Loaded:
+    """Loads, validates, resolves and checks a spec file. Raises SpecError."""
+    errors = Collector("load")
+    doc = load_file(path, errors)
+    errors.raise_if_any()
+    return finish(doc, overrides, stop_after)
+
+
+def loads_checked(text: str, source: str = "<string>", overrides=()) -> Loaded:
+    errors = Collector("load")
+    doc = parse_yaml(text, source, errors)
+    errors.raise_if_any()
+    if doc.tree.get("include"):
+        errors.error("E-INCLUDE-STRING", "include: needs a spec file, not a string", Origin(source))
+        errors.raise_if_any()
+    return finish(doc, overrides)
+
+
+def load(path: str | Path, overrides=()) -> model.Spec:
+    """The typed, checked spec of a file (the main entry point)."""
+    return load_checked(path, overrides).spec
+
+
+def loads(text: str, source: str = "<string>", overrides=()) -> model.Spec:
+    return loads_checked(text, source, overrides).spec
+
+
+def load_raw(path: str | Path, overrides=()) -> Doc:
+    """The merged document (includes and overrides applied), before validation."""
+    errors = Collector("load")
+    doc = load_file(path, errors)
+    errors.raise_if_any()
+    errors = Collector("override")
+    apply_overrides(doc, list(overrides), errors)
+    errors.raise_if_any()
+    return doc
+
+
+def to_tree(spec) -> dict:
+    """A typed spec (or any part of it) as a plain YAML-ready tree."""
+    if dataclasses.is_dataclass(spec):
+        return {yaml_name(f): to_tree(getattr(spec, f.name)) for f in dataclasses.fields(spec)}
+    if isinstance(spec, dict):
+        return {k: to_tree(v) for k, v in spec.items()}
+    if isinstance(spec, list | tuple):
+        return [to_tree(v) for v in spec]
+    return spec
+
+
+def dump_yaml(tree: dict) -> str:
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None, width=100)
+
+
+def to_yaml(spec: model.Spec) -> str:
+    """YAML that loads back to an equal spec: `loads(to_yaml(spec)) == spec`."""
+    return dump_yaml(to_tree(spec))
+
+
+def provenance(doc: Doc) -> list[tuple[str, str, object]]:
+    """(path, origin label, value) for every leaf value of a document."""
+    from .source import path_str
+
+    rows = []
+
+    def walk(node, path):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, path + (k,))
+        elif isinstance(node, list) and node and any(isinstance(v, dict) for v in node):
+            for i, v in enumerate(node):
+                walk(v, path + (i,))
+        else:
+            rows.append((path_str(path), doc.value_origin(path).label(), node))
+
+    walk(doc.tree, ())
+    return rows

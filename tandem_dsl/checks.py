@@ -1,0 +1,342 @@
+"""Stage 4, check: semantic checks over the typed spec, each a small registered function.
+
+A check receives a `Context` (the typed spec, the resolved document for spans, and the
+collector) and reports every problem it finds. `layer_map()` is also what the compiler
+uses to turn `wiring[i].layers` into the per-small-layer table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import expr
+from .diagnostics import Collector, did_you_mean
+from .model import Spec, Wiring
+from .source import Doc
+
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab")
+CHECKS: list[Callable[[Context], None]] = []
+
+
+def check(fn):
+    CHECKS.append(fn)
+    return fn
+
+
+@dataclass
+class Context:
+    spec: Spec
+    doc: Doc
+    errors: Collector
+
+    def error(self, code, message, path: tuple, hint=None, key=False):
+        origin = self.doc.key_origin(path) if key else self.doc.origin(path)
+        from .source import path_str
+
+        self.errors.error(code, message, origin, path_str(path), hint)
+
+    def model_ref(self, name, path, what="model") -> bool:
+        if name in self.spec.models:
+            return True
+        self.error(
+            "E-CHECK-UNKNOWN-MODEL",
+            f"unknown {what} '{name}'",
+            path,
+            did_you_mean(name, self.spec.models) or f"models: {', '.join(self.spec.models)}",
+        )
+        return False
+
+
+def run_checks(spec: Spec, doc: Doc, errors: Collector) -> None:
+    ctx = Context(spec, doc, errors)
+    for fn in CHECKS:
+        fn(ctx)
+
+
+def default_layer_map(n_small: int, n_large: int) -> tuple[int, ...]:
+    """DESIGN.md 5: l(j) = ((j+1) * L_L) // L_S, so the last small layer reads the last layer."""
+    return tuple(((j + 1) * n_large) // n_small for j in range(n_small))
+
+
+def layer_map(spec: Spec, w: Wiring, lookup=None) -> tuple[int | None, ...]:
+    """The per-small-layer source layer of a tandem wiring (raises expr.ExprError)."""
+    small, large = spec.models[w.query], spec.models[w.memory]
+    if w.layers is None:
+        return default_layer_map(small.n_layers, large.n_layers)
+    sizes = {w.query: small.n_layers, w.memory: large.n_layers}
+    return expr.parse_layer_map(w.layers, lookup or _no_lookup, sizes, w.query, w.memory)
+
+
+def _no_lookup(path):
+    raise KeyError(path)
+
+
+@check
+def heads(ctx: Context):
+    for name, m in ctx.spec.models.items():
+        p = ("models", name)
+        if m.d_model % m.n_heads:
+            ctx.error(
+                "E-CHECK-HEAD-DIM",
+                f"d_model {m.d_model} is not divisible by n_heads {m.n_heads}",
+                p + ("n_heads",),
+                "pick n_heads so that d_model / n_heads is an integer (e.g. head_dim 64)",
+            )
+        elif m.pos == "rope" and (m.d_model // m.n_heads) % 2:
+            ctx.error(
+                "E-CHECK-ROPE-DIM",
+                f"RoPE needs an even head dimension, got {m.d_model // m.n_heads}",
+                p + ("n_heads",),
+            )
+        if m.n_heads % m.n_kv_heads:
+            ctx.error(
+                "E-CHECK-KV-HEADS",
+                f"n_heads {m.n_heads} is not divisible by n_kv_heads {m.n_kv_heads}",
+                p + ("n_kv_heads",),
+                "n_kv_heads must divide n_heads (grouped-query attention)",
+            )
+
+
+@check
+def projections(ctx: Context):
+    for name, proj in ctx.spec.projections.items():
+        p = ("projections", name)
+        ctx.model_ref(proj.from_, p + ("from",))
+        ctx.model_ref(proj.to, p + ("to",))
+        if proj.type == "mlp" and proj.hidden <= 0:
+            ctx.error(
+                "E-CHECK-PROJECTION-HIDDEN",
+                "an mlp projection needs a hidden width",
+                p + ("type",),
+                "add `hidden: 256` (or use type: linear)",
+            )
+
+
+@check
+def wiring(ctx: Context):
+    seen: dict[str, int] = {}
+    for i, w in enumerate(ctx.spec.wiring):
+        p = ("wiring", i)
+        if not ctx.model_ref(w.query, p + ("query",)):
+            continue
+        if w.query in seen:
+            ctx.error(
+                "E-CHECK-WIRING-DUP",
+                f"model '{w.query}' is wired twice (also in wiring[{seen[w.query]}])",
+                p + ("query",),
+            )
+        seen[w.query] = i
+        if w.kind == "none":
+            for key in ("memory", "via", "layers"):
+                if getattr(w, key) is not None:
+                    ctx.error(
+                        "E-CHECK-WIRING-NONE",
+                        f"`{key}` has no meaning for kind: none (an independent model)",
+                        p + (key,),
+                        f"remove `{key}` or use kind: tandem",
+                        key=True,
+                    )
+            continue
+        missing = [k for k in ("memory", "via") if getattr(w, k) is None]
+        for key in missing:
+            ctx.error(
+                "E-CHECK-WIRING-MISSING",
+                f"a tandem wiring needs `{key}`",
+                p + ("kind",),
+                "memory: the large model; via: a projection name",
+            )
+        if missing or not ctx.model_ref(w.memory, p + ("memory",)):
+            continue
+        if w.memory == w.query:
+            ctx.error("E-CHECK-WIRING-SELF", "a model cannot read itself", p + ("memory",))
+            continue
+        _check_projection(ctx, w, p)
+        if w.block_max is not None and w.block_max < w.block:
+            ctx.error(
+                "E-CHECK-BLOCK",
+                f"block_max {w.block_max} is smaller than block {w.block}",
+                p + ("block_max",),
+            )
+        if w.layers is not None:
+            try:
+                layer_map(ctx.spec, w)
+            except expr.ExprError as e:
+                origin = ctx.doc.origin(p + ("layers",))
+                if origin.is_file or origin.source.startswith("cli:"):
+                    origin = origin.shifted(e.start, e.end)
+                ctx.errors.error(e.code, e.message, origin, f"wiring[{i}].layers", e.hint)
+
+
+def _check_projection(ctx: Context, w: Wiring, p: tuple) -> None:
+    proj = ctx.spec.projections.get(w.via)
+    if proj is None:
+        ctx.error(
+            "E-CHECK-UNKNOWN-PROJECTION",
+            f"unknown projection '{w.via}'",
+            p + ("via",),
+            did_you_mean(w.via, ctx.spec.projections) or "define it under `projections:`",
+        )
+        return
+    if (proj.from_, proj.to) != (w.memory, w.query):
+        ctx.error(
+            "E-CHECK-PROJECTION-ENDPOINTS",
+            f"projection '{w.via}' maps {proj.from_} -> {proj.to}, "
+            f"but this wiring needs {w.memory} -> {w.query}",
+            p + ("via",),
+            f"set projections.{w.via}.from: {w.memory} and to: {w.query}",
+        )
+
+
+@check
+def training(ctx: Context):
+    names = set(ctx.spec.models) | set(ctx.spec.projections)
+    for i, stage in enumerate(ctx.spec.train):
+        p = ("train", i)
+        for j, name in enumerate(stage.trainable):
+            if name not in names:
+                ctx.error(
+                    "E-CHECK-UNKNOWN-TRAINABLE",
+                    f"'{name}' is neither a model nor a projection",
+                    p + ("trainable", j),
+                    did_you_mean(name, names),
+                )
+            elif name in ctx.spec.models and not ctx.spec.models[name].trainable:
+                ctx.error(
+                    "E-CHECK-FROZEN",
+                    f"model '{name}' is frozen (trainable: false) but listed as trainable",
+                    p + ("trainable", j),
+                )
+        obj = stage.objective
+        if obj.model is not None:
+            ctx.model_ref(obj.model, p + ("objective", "model"))
+        if obj.kind == "distil" and obj.teacher is None:
+            ctx.error(
+                "E-CHECK-OBJECTIVE",
+                "a distil objective needs a teacher",
+                p + ("objective", "kind"),
+                "add `teacher: large`",
+            )
+        if obj.teacher is not None and ctx.model_ref(obj.teacher, p + ("objective", "teacher")):
+            student = obj.model or next((n for n in stage.trainable if n in ctx.spec.models), None)
+            if student in ctx.spec.models and _vocab(ctx, student) != _vocab(ctx, obj.teacher):
+                ctx.error(
+                    "E-CHECK-VOCAB",
+                    f"teacher '{obj.teacher}' and student '{student}' have different vocabularies",
+                    p + ("objective", "teacher"),
+                )
+        if stage.seq_len > ctx.spec.shapes.max_len:
+            ctx.error(
+                "E-CHECK-SEQ-LEN",
+                f"seq_len {stage.seq_len} exceeds shapes.max_len {ctx.spec.shapes.max_len}",
+                p + ("seq_len",),
+                "raise shapes.max_len or shorten the sequences",
+            )
+
+
+def _vocab(ctx: Context, name: str) -> int:
+    return ctx.spec.models[name].vocab
+
+
+@check
+def decoding(ctx: Context):
+    d = ctx.spec.decode
+    if d is None:
+        return
+    p = ("decode",)
+    if d.policy != "autoregressive" or d.target is not None:
+        if d.target is None:
+            ctx.error(
+                "E-CHECK-DECODE-MISSING", f"policy {d.policy} needs a target", p + ("policy",)
+            )
+        elif not ctx.model_ref(d.target, p + ("target",)):
+            return
+    if d.policy in ("speed", "adaptive", "standalone") and d.draft is None:
+        ctx.error(
+            "E-CHECK-DECODE-MISSING",
+            f"policy {d.policy} needs a draft",
+            p + ("policy",),
+            "add `draft: small` (or {kind: ngram, n: 3} for speed)",
+        )
+        return
+    if isinstance(d.draft, str) and ctx.model_ref(d.draft, p + ("draft",)):
+        if d.target is not None and _vocab(ctx, d.draft) != _vocab(ctx, d.target):
+            ctx.error(
+                "E-CHECK-VOCAB",
+                f"draft '{d.draft}' (vocab {_vocab(ctx, d.draft)}) and target '{d.target}' "
+                f"(vocab {_vocab(ctx, d.target)}) must share a vocabulary",
+                p + ("draft",),
+            )
+        if d.policy == "standalone" and not any(
+            w.query == d.draft and w.kind == "tandem" for w in ctx.spec.wiring
+        ):
+            ctx.error(
+                "E-CHECK-STANDALONE",
+                f"standalone decoding needs a tandem-wired draft; '{d.draft}' is not wired",
+                p + ("draft",),
+            )
+    elif d.draft is not None and not isinstance(d.draft, str) and d.policy == "standalone":
+        ctx.error("E-CHECK-STANDALONE", "standalone decoding needs a model draft", p + ("draft",))
+    longest = d.gamma if d.adaptive is None else max(d.gamma, d.adaptive.max_gamma)
+    max_len = ctx.spec.shapes.max_len
+    if longest >= max_len:
+        ctx.error(
+            "E-CHECK-GAMMA",
+            f"gamma {longest} must be below shapes.max_len {max_len}",
+            p + ("gamma",),
+        )
+    elif d.max_new_tokens + longest + 1 >= max_len:
+        ctx.error(
+            "E-CHECK-CACHE",
+            f"max_new_tokens {d.max_new_tokens} + gamma {longest} + 1 do not fit in "
+            f"shapes.max_len {max_len} (leave room for the prompt)",
+            p + ("max_new_tokens",),
+            "raise shapes.max_len or lower max_new_tokens",
+        )
+    if d.policy == "adaptive" and d.adaptive is None:
+        ctx.error(
+            "E-CHECK-DECODE-MISSING",
+            "policy adaptive needs an `adaptive:` section",
+            p + ("policy",),
+            "add `adaptive: {threshold: 0.8, max_gamma: 16}`",
+        )
+
+
+@check
+def sharding(ctx: Context):
+    axes = {"data", "model"}
+    for i, rule in enumerate(ctx.spec.sharding):
+        p = ("sharding", i)
+        if len(rule) != 2:
+            ctx.error(
+                "E-CHECK-SHARDING-RULE",
+                f"a sharding rule is a pair [logical axis, mesh axis], got {len(rule)} items",
+                p,
+            )
+            continue
+        logical, mesh_axis = rule
+        if logical not in LOGICAL_AXES:
+            ctx.error(
+                "E-CHECK-LOGICAL-AXIS",
+                f"unknown logical axis '{logical}'",
+                p + (0,),
+                did_you_mean(str(logical), LOGICAL_AXES) or f"one of {', '.join(LOGICAL_AXES)}",
+            )
+        if mesh_axis is not None and mesh_axis not in axes:
+            ctx.error(
+                "E-CHECK-MESH-AXIS",
+                f"mesh axis '{mesh_axis}' does not exist",
+                p + (1,),
+                did_you_mean(str(mesh_axis), axes) or "mesh axes: data, model",
+            )
+
+
+@check
+def data(ctx: Context):
+    if ctx.spec.data.corpus is None and not ctx.spec.data.paths:
+        ctx.error(
+            "E-CHECK-DATA",
+            "no training data: corpus is null and paths is empty",
+            ("data",),
+            "use corpus: stdlib or list text files under paths",
+        )

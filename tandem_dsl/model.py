@@ -1,0 +1,240 @@
+"""The typed spec: frozen dataclasses, the one source of truth.
+
+The JSON Schema (`tandem_dsl.schema`) and the reference page (`docs/spec-reference.md`)
+are generated from these classes, so the schema and the dataclasses cannot drift.
+Field metadata: `doc`, `enum`, `minimum`, `maximum`, `yaml` (the YAML key when it is a
+Python keyword) and `default_expr` (a default that depends on other values, written as an
+expression with `{self}` standing for the path of the object that owns the field).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+
+SPEC_VERSION = 1
+
+
+def opt(default=MISSING, *, doc: str, factory=MISSING, **meta):
+    """A spec field: a default (or required when none is given) and schema metadata."""
+    meta["doc"] = doc
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Data:
+    corpus: str | None = opt(
+        "stdlib", doc="Built-in corpus: the Python standard library's own source.", enum=["stdlib"]
+    )
+    paths: list[str] = opt(factory=list, doc="Text files or globs used instead of the corpus.")
+    seq_len: int = opt(256, doc="Training sequence length in tokens.", minimum=2)
+    val_fraction: float = opt(0.01, doc="Fraction of documents held out.", minimum=0, maximum=0.5)
+    seed: int = opt(0, doc="Seed of the split and the data order.", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tokenizer:
+    kind: str = opt("byte", doc="Tokenizer kind.", enum=["byte", "bpe", "gguf", "hf-json"])
+    vocab_size: int = opt(0, doc="Vocabulary size for `bpe` (trained locally).", minimum=0)
+    path: str | None = opt(None, doc="File for `gguf` / `hf-json` tokenizers.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Init:
+    from_: str = opt(
+        "random",
+        doc="Where the weights come from.",
+        enum=["random", "checkpoint", "gguf", "safetensors"],
+        yaml="from",
+    )
+    path: str | None = opt(None, doc="Checkpoint directory or weight file.")
+    seed: int = opt(0, doc="Seed for random init.", minimum=0)
+
+
+def _default_d_ff(owner: str, tree: dict) -> str:
+    node = tree
+    for part in owner.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    if node.get("mlp", "swiglu") == "gelu":
+        return f"4 * ${{{owner}.d_model}}"
+    return f"(8 * ${{{owner}.d_model}} // 3 + 31) // 32 * 32"
+
+
+def _default_vocab(owner: str, tree: dict) -> str | int:
+    kind = (tree.get("tokenizer") or {}).get("kind", "byte")
+    return 256 if kind == "byte" else "${tokenizer.vocab_size}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decoder:
+    d_model: int = opt(doc="Residual width.", minimum=1)
+    n_layers: int = opt(doc="Number of transformer layers.", minimum=1)
+    n_heads: int = opt(doc="Query heads.", minimum=1)
+    type: str = opt("decoder", doc="Model family.", enum=["decoder"])
+    n_kv_heads: int = opt(
+        doc="Key/value heads (grouped-query attention).",
+        minimum=1,
+        default_expr="${{self}.n_heads}",
+    )
+    d_ff: int = opt(
+        doc="MLP hidden width (default: 8/3 d rounded up to 32 for swiglu, 4 d for gelu).",
+        minimum=1,
+        default_fn=_default_d_ff,
+    )
+    vocab: int = opt(
+        doc="Vocabulary size (default: from the tokenizer).", minimum=2, default_fn=_default_vocab
+    )
+    norm: str = opt("rmsnorm", doc="Normalization.", enum=["rmsnorm", "layernorm"])
+    norm_eps: float = opt(1e-5, doc="Normalization epsilon.", minimum=0)
+    mlp: str = opt("swiglu", doc="MLP kind.", enum=["swiglu", "gelu"])
+    pos: str = opt("rope", doc="Positions.", enum=["rope", "learned"])
+    rope_theta: float = opt(10000.0, doc="RoPE base.", minimum=1)
+    tie_embeddings: bool = opt(False, doc="Share the embedding and output matrices.")
+    init: Init = opt(factory=Init, doc="Weight source.")
+    trainable: bool = opt(True, doc="False freezes the model (stop_gradient, no optimizer).")
+    dtype: str = opt("float32", doc="Parameter and compute dtype.", enum=["float32", "bfloat16"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Projection:
+    from_: str = opt(doc="Source model (the large one).", yaml="from")
+    to: str = opt(doc="Destination model (the small one).")
+    type: str = opt("linear", doc="Projection kind.", enum=["linear", "mlp"])
+    per_layer: bool = opt(True, doc="One projection per wired layer (else one shared).")
+    bias: bool = opt(False, doc="Add a bias.")
+    hidden: int = opt(0, doc="Hidden width of an `mlp` projection.", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Wiring:
+    query: str = opt(doc="The small model whose attention reads the memory.")
+    kind: str = opt(
+        "tandem", doc="`tandem`, or `none` for an independent model.", enum=["tandem", "none"]
+    )
+    memory: str | None = opt(None, doc="The large model read by `query`.")
+    via: str | None = opt(None, doc="The projection (a key of `projections`).")
+    layers: str | None = opt(
+        None,
+        doc='Layer map, e.g. "small[0:2] <- large[4:8:2]" (default: proportional).',
+        layer_map=True,
+    )
+    block: int = opt(2, doc="Training block length gamma.", minimum=1)
+    block_max: int | None = opt(
+        None, doc="Sample the block length per sequence from [block, block_max].", minimum=1
+    )
+    random_offset: bool = opt(False, doc="Shift the block grid by a random offset per sequence.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Objective:
+    kind: str = opt(
+        "ce", doc="`ce` (Tandem-CE / LM) or `distil` (Tandem-Distil).", enum=["ce", "distil"]
+    )
+    model: str | None = opt(None, doc="The model being trained (default: first trainable).")
+    teacher: str | None = opt(None, doc="Teacher model for `distil`.")
+    weight: float = opt(0.5, doc="Distillation weight w.", minimum=0, maximum=1)
+    temperature: float = opt(1.0, doc="Teacher temperature.", minimum=0.01)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Optimizer:
+    kind: str = opt("adamw", doc="Optimizer.", enum=["adamw", "adam", "sgd"])
+    lr: float = opt(3e-3, doc="Peak learning rate.", minimum=0)
+    warmup: int = opt(0, doc="Linear warm-up steps.", minimum=0)
+    schedule: str = opt("cosine", doc="Decay after warm-up.", enum=["cosine", "linear", "constant"])
+    weight_decay: float = opt(0.0, doc="Decoupled weight decay.", minimum=0)
+    clip: float = opt(1.0, doc="Global-norm gradient clipping (0 = off).", minimum=0)
+    b1: float = opt(0.9, doc="Adam beta1.", minimum=0, maximum=1)
+    b2: float = opt(0.95, doc="Adam beta2.", minimum=0, maximum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainStage:
+    name: str = opt(doc="Stage name (also its checkpoint folder).")
+    trainable: list[str] = opt(doc="Models and projections that receive gradients.")
+    steps: int = opt(doc="Optimizer steps.", minimum=1)
+    objective: Objective = opt(factory=Objective, doc="The loss.")
+    optimizer: Optimizer = opt(factory=Optimizer, doc="The optimizer.")
+    batch: int = opt(8, doc="Sequences per step.", minimum=1)
+    seq_len: int = opt(doc="Tokens per sequence.", minimum=2, default_expr="${data.seq_len}")
+    eval_every: int = opt(100, doc="Evaluate every N steps.", minimum=1)
+    eval_batches: int = opt(4, doc="Validation batches per evaluation.", minimum=1)
+    checkpoint_every: int = opt(100, doc="Checkpoint every N steps.", minimum=1)
+    seed: int = opt(0, doc="Seed of init and dropout-free noise.", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    temperature: float = opt(0.0, doc="0 = greedy.", minimum=0)
+    top_k: int = opt(0, doc="Keep the k most likely tokens (0 = off).", minimum=0)
+    top_p: float = opt(1.0, doc="Nucleus mass (1 = off).", minimum=0, maximum=1)
+    seed: int = opt(0, doc="Sampling seed.", minimum=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NgramDraft:
+    kind: str = opt("ngram", doc="Prompt-lookup drafts copied from the context.", enum=["ngram"])
+    n: int = opt(3, doc="Match length.", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Adaptive:
+    rule: str = opt(
+        "threshold",
+        doc="Stop rule.",
+        enum=["threshold", "expected_gain", "confidence", "fixed"],
+    )
+    router: str = opt("mlp", doc="Router kind.", enum=["mlp"])
+    hidden: int = opt(64, doc="Router hidden width.", minimum=1)
+    top_k: int = opt(4, doc="Top-k probabilities fed to the router.", minimum=1)
+    threshold: float = opt(
+        0.8, doc="Keep drafting while predicted acceptance >= this.", minimum=0, maximum=1
+    )
+    max_gamma: int = opt(16, doc="Longest draft.", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decode:
+    policy: str = opt(
+        doc="Decoding policy.", enum=["autoregressive", "standalone", "speed", "adaptive"]
+    )
+    target: str | None = opt(None, doc="The large (verifying) model.")
+    draft: str | NgramDraft | None = opt(None, doc="Drafter: a model name or {kind: ngram, n: 3}.")
+    gamma: int = opt(4, doc="Draft / block length.", minimum=1)
+    free_token: bool = opt(True, doc="Standalone: start M_S from the large model's next token.")
+    adaptive: Adaptive | None = opt(None, doc="Adaptive block length settings.")
+    sampling: Sampling = opt(factory=Sampling, doc="Sampling settings.")
+    max_new_tokens: int = opt(64, doc="Tokens to generate per prompt.", minimum=1)
+    stop_at_eos: bool = opt(True, doc="Stop a row at the tokenizer's end-of-sequence token.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shapes:
+    batch: int = opt(1, doc="Decode batch size.", minimum=1)
+    max_len: int = opt(512, doc="KV-cache length (prompt + generation).", minimum=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mesh:
+    data: int = opt(-1, doc="Data-parallel axis size (-1 = the rest).", minimum=-1)
+    model: int = opt(1, doc="Model-parallel axis size (-1 = the rest).", minimum=-1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    tandem: int = opt(doc="Spec language version.", minimum=1)
+    name: str = opt(doc="Spec name (also the default run directory).")
+    models: dict[str, Decoder] = opt(doc="Models by name.")
+    include: list[str] = opt(factory=list, doc="Files merged under this one, in order.")
+    data: Data = opt(factory=Data, doc="Training data.")
+    tokenizer: Tokenizer = opt(factory=Tokenizer, doc="Tokenizer.")
+    projections: dict[str, Projection] = opt(factory=dict, doc="Projections by name.")
+    wiring: list[Wiring] = opt(factory=list, doc="How small models read large ones.")
+    train: list[TrainStage] = opt(factory=list, doc="Training stages, in order.")
+    decode: Decode | None = opt(None, doc="Decoding policy.")
+    shapes: Shapes = opt(factory=Shapes, doc="Compiled shapes.")
+    mesh: Mesh = opt(factory=Mesh, doc="Device mesh.")
+    sharding: list[list[str | None]] = opt(
+        factory=list, doc="Logical-axis rules [[logical, mesh axis or null], ...]; first wins."
+    )
