@@ -35,6 +35,75 @@ class DecoderIR:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def dtype_bytes(self) -> int:
+        return {"float32": 4, "bfloat16": 2, "float16": 2}[self.dtype]
+
+    @property
+    def norm_params(self) -> int:
+        """One norm: scale (rmsnorm) or scale + bias (layernorm)."""
+        return self.d_model if self.norm == "rmsnorm" else 2 * self.d_model
+
+    @property
+    def attn_params(self) -> int:
+        """One layer's wq, wk, wv, wo (no biases)."""
+        q_width = self.n_heads * self.head_dim
+        kv_width = self.n_kv_heads * self.head_dim
+        return 2 * self.d_model * q_width + 2 * self.d_model * kv_width
+
+    @property
+    def mlp_params(self) -> int:
+        """One layer's MLP: swiglu w_gate, w_up, w_down; gelu w_up, w_down (no biases)."""
+        n_mats = 3 if self.mlp == "swiglu" else 2
+        return n_mats * self.d_model * self.d_ff
+
+    @property
+    def layer_params(self) -> int:
+        return self.attn_params + self.mlp_params + 2 * self.norm_params
+
+    @property
+    def embed_params(self) -> int:
+        """Token table, plus the position table for learned positions."""
+        pos = self.max_len * self.d_model if self.pos == "learned" else 0
+        return self.vocab * self.d_model + pos
+
+    @property
+    def head_params(self) -> int:
+        """The untied output layer (0 when tied to the token table)."""
+        return 0 if self.tie_embeddings else self.d_model * self.vocab
+
+    @property
+    def param_count(self) -> int:
+        """Exact size of `compiler.nn.init_decoder(self, rng)`."""
+        return (
+            self.embed_params
+            + self.n_layers * self.layer_params
+            + self.norm_params
+            + self.head_params
+        )
+
+    @property
+    def matmul_params(self) -> int:
+        """Weights used in a matmul per token: every layer's attn + MLP and the output layer
+        (tied or not); the embedding lookups and norms are not matmuls."""
+        return self.n_layers * (self.attn_params + self.mlp_params) + self.d_model * self.vocab
+
+    def flops_per_token(self, context_len: int) -> int:
+        """Analytic forward FLOPs of one token that attends to `context_len` positions:
+        2 * matmul_params + per layer 2 * 2 * n_heads * head_dim * context_len (QK^T, PV).
+        Norms, softmax, RoPE and activations are not counted."""
+        attn = 4 * self.n_heads * self.head_dim * context_len
+        return 2 * self.matmul_params + self.n_layers * attn
+
+    @property
+    def kv_cache_bytes_per_token(self) -> int:
+        """K and V for one position in every layer, in the model dtype."""
+        return self.n_layers * 2 * self.n_kv_heads * self.head_dim * self.dtype_bytes
+
+    def cache_shape(self, batch: int, max_len: int) -> tuple[int, int, int, int]:
+        """Shape of one layer's K (or V) buffer: [B, S, n_kv_heads, head_dim]."""
+        return (batch, max_len, self.n_kv_heads, self.head_dim)
+
 
 @dataclass(frozen=True)
 class ProjectionIR:
@@ -46,7 +115,22 @@ class ProjectionIR:
     d_out: int
     per_layer: bool = True  # one projection per wired small layer, or one shared
     bias: bool = False
-    hidden: int = 0  # mlp only
+    hidden: int = 0  # mlp only; 0 = d_out
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the MLP projection's hidden layer."""
+        return self.hidden if self.hidden > 0 else self.d_out
+
+    def param_count(self, n_wired: int) -> int:
+        """Exact size of `compiler.nn.init_projection` for `n_wired` wired small layers."""
+        if self.kind == "linear":
+            one = self.d_in * self.d_out + (self.d_out if self.bias else 0)
+        else:
+            h = self.hidden_dim
+            one = self.d_in * h + h * self.d_out + ((h + self.d_out) if self.bias else 0)
+        copies = n_wired if self.per_layer else 1
+        return copies * one
 
 
 @dataclass(frozen=True)
@@ -181,3 +265,11 @@ class ProgramIR:
             if w.query == query:
                 return w
         return None
+
+    def param_counts(self) -> dict[str, int]:
+        """{model or projection name: exact parameter count}, as `compiler.nn.init_params`."""
+        counts = {m.name: m.param_count for m in self.models}
+        for w in self.wirings:
+            if w.kind != "none" and w.projection is not None:
+                counts.setdefault(w.projection.name, w.projection.param_count(len(w.wired_layers)))
+        return counts

@@ -1,0 +1,41 @@
+"""Pure-functional JAX model code: decoder, Tandem small model, projections.
+
+Params are nested dicts with stable names (params["large"]["layers_3"]["attn"]["wq"]);
+every function is a pure function of (params, config IR, inputs). KV caches are explicit
+pytrees, passed in and returned.
+"""
+
+from compiler.nn.attention import cache_mask, causal_mask, tandem_mask
+from compiler.nn.decoder import (
+    decoder_block,
+    decoder_forward,
+    init_cache,
+    init_decoder,
+    run_layers,
+)
+from compiler.nn.params import init_params
+from compiler.nn.projection import init_projection, project
+from compiler.nn.tandem import (
+    small_block,
+    tandem_forward,
+    training_frontier,
+    write_memory,
+)
+
+__all__ = [
+    "cache_mask",
+    "causal_mask",
+    "decoder_block",
+    "decoder_forward",
+    "init_cache",
+    "init_decoder",
+    "init_params",
+    "init_projection",
+    "project",
+    "run_layers",
+    "small_block",
+    "tandem_forward",
+    "tandem_mask",
+    "training_frontier",
+    "write_memory",
+]

@@ -1,0 +1,124 @@
+"""Grouped-query attention pieces and the KV-cache write.
+
+Params of one layer's attention:
+  wq [D, H, E], wk [D, K, E], wv [D, K, E], wo [H, E, D]   (no biases)
+Letters: B batch, T query tokens, S key slots, D d_model, H query heads, K kv heads,
+G = H // K query heads per kv head, E head_dim.
+
+Keys are computed from (already normed) residual vectors by `keys_values`, which is also
+what the Tandem code uses to turn projected large-model vectors into small-model K/V.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from compiler.ir import DecoderIR
+from compiler.nn.layers import dtype_of, normal, rope
+
+# Finite "minus infinity": a fully masked row cannot produce NaN, and masked weights are
+# exactly 0 after the softmax (exp underflows), so masked slots never contribute.
+NEG_INF = -1e30
+
+
+def init_attn(cfg: DecoderIR, out_scale: float) -> dict:
+    dt = dtype_of(cfg)
+    d, h, k, e = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    return {
+        "wq": normal((d, h, e), d**-0.5, dt),
+        "wk": normal((d, k, e), d**-0.5, dt),
+        "wv": normal((d, k, e), d**-0.5, dt),
+        "wo": normal((h, e, d), (h * e) ** -0.5 * out_scale, dt),
+    }
+
+
+def queries(params: dict, cfg: DecoderIR, h: jax.Array, positions: jax.Array) -> jax.Array:
+    """Normed h [B, T, D], positions [B, T] -> q [B, T, H, E] (RoPE applied if pos == rope)."""
+    q = jnp.einsum("btd,dhe->bthe", h, params["wq"])
+    return rope(q, positions, cfg.rope_theta) if cfg.pos == "rope" else q
+
+
+def keys_values(
+    params: dict, cfg: DecoderIR, h: jax.Array, positions: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Normed h [B, T, D], positions [B, T] -> k, v [B, T, K, E] (RoPE on k if pos == rope)."""
+    k = jnp.einsum("btd,dke->btke", h, params["wk"])
+    v = jnp.einsum("btd,dke->btke", h, params["wv"])
+    if cfg.pos == "rope":
+        k = rope(k, positions, cfg.rope_theta)
+    return k, v
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked softmax attention with grouped kv heads.
+
+    q [B, T, H, E], k/v [B, S, K, E], mask [B, T, S] bool (True = may attend) -> [B, T, H, E].
+    Scores and softmax in float32.
+    """
+    b, t, h, e = q.shape
+    n_kv = k.shape[2]
+    qg = q.reshape(b, t, n_kv, h // n_kv, e)  # [B, T, K, G, E]
+    scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (e**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)  # [B, K, G, T, S]
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v)  # [B, T, K, G, E]
+    return out.reshape(b, t, h, e)
+
+
+def attn_out(params: dict, o: jax.Array) -> jax.Array:
+    """o [B, T, H, E] -> [B, T, D]."""
+    return jnp.einsum("bthe,hed->btd", o, params["wo"])
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def causal_mask(positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+    """positions [B, T], key_positions [B, S] -> [B, T, S]: key s visible iff pos(s) <= pos(t)."""
+    return key_positions[:, None, :] <= positions[:, :, None]
+
+
+def cache_mask(positions: jax.Array, max_len: int) -> jax.Array:
+    """positions [B, T] -> [B, T, S=max_len]: cache slot s visible iff s <= position.
+
+    Slots beyond a row's position may hold stale K/V (rejected drafts, an older block);
+    they are never read, which is what makes rollback a pure length change.
+    """
+    slots = jnp.arange(max_len, dtype=positions.dtype)
+    return slots[None, None, :] <= positions[:, :, None]
+
+
+def tandem_mask(frontier: jax.Array) -> jax.Array:
+    """frontier [B, T] -> [B, T, 2T] bool, slots [projected 0..T-1 ; own 0..T-1].
+
+    Query t (frontier f = frontier[b, t]) may read projected slot s iff s < f and own slot s
+    iff f <= s <= t (DESIGN.md section 5, training rule).
+    """
+    t = frontier.shape[1]
+    pos = jnp.arange(t, dtype=frontier.dtype)
+    f = frontier[:, :, None]  # [B, T, 1]
+    s = pos[None, None, :]  # [1, 1, T]
+    projected = s < f  # [B, T, T]
+    own = (s >= f) & (s <= pos[None, :, None])
+    return jnp.concatenate([projected, own], axis=-1)
+
+
+# ----------------------------------------------------------------------------- cache writes
+
+
+def write_rows(buf: jax.Array, new: jax.Array, start: jax.Array, keep=None) -> jax.Array:
+    """Per-row cache write: buf[b, start[b] + i] = new[b, i].
+
+    buf [B, S, K, E], new [B, T, K, E], start [B] int. `keep` [B, T] bool (optional): only
+    entries with keep[b, i] are written, the others keep their old value. Writes at slots
+    >= S are dropped (never clamped onto earlier slots).
+    """
+    b, t = new.shape[:2]
+    s_max = buf.shape[1]
+    slots = start[:, None].astype(jnp.int32) + jnp.arange(t, dtype=jnp.int32)  # [B, T]
+    if keep is not None:
+        slots = jnp.where(keep, slots, s_max)  # out of range -> dropped
+    rows = jnp.arange(b, dtype=jnp.int32)[:, None]  # [B, 1]
+    return buf.at[rows, slots].set(new.astype(buf.dtype), mode="drop")

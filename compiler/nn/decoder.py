@@ -1,0 +1,172 @@
+"""The decoder: one implementation for training (full sequence) and decoding (KV cache).
+
+Params (stable names, e.g. params["layers_3"]["attn"]["wq"]):
+
+  embed:      tokens [V, D], positions [max_len, D] (learned positions only)
+  layers_<l>: attn_norm {scale[, bias]}, attn {wq, wk, wv, wo}, mlp_norm {...},
+              mlp {w_gate, w_up, w_down} (swiglu) | {w_up, w_down} (gelu)
+  final_norm: {scale[, bias]}
+  lm_head:    w [D, V] (untied only; tied models use embed.tokens)
+
+Layers are unrolled in Python (lax.scan over stacked layers is 2.8x slower to decode on
+CPU) and each layer has its own cache buffer. The three ways of running the stack differ
+only in where a layer's keys and values come from, which `run_layers` takes as a callback:
+plain causal self-attention (`decoder_forward`), a KV cache (`decoder_block`), or the
+Tandem [projected ; own] context (`compiler.nn.tandem`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from compiler.ir import DecoderIR
+from compiler.nn.attention import (
+    attend,
+    attn_out,
+    cache_mask,
+    causal_mask,
+    init_attn,
+    keys_values,
+    queries,
+    write_rows,
+)
+from compiler.nn.layers import (
+    dtype_of,
+    embed,
+    init_embed,
+    init_head,
+    init_mlp,
+    init_norm,
+    materialize,
+    mlp,
+    norm,
+    unembed,
+)
+
+# context(l, layer_params, k, v) -> (keys [B, S, K, E], values [B, S, K, E], mask [B, T, S])
+# given the new tokens' own k, v [B, T, K, E] for layer l.
+Context = Callable[[int, dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+
+
+def init_decoder(cfg: DecoderIR, rng) -> dict:
+    """Random decoder params: one N(0, 1) draw shared out to every matrix."""
+    if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads:
+        raise ValueError(
+            f"model {cfg.name!r}: d_model {cfg.d_model} / n_heads {cfg.n_heads} / "
+            f"n_kv_heads {cfg.n_kv_heads} must divide evenly"
+        )
+    return _init_decoder(cfg, rng)
+
+
+@partial(jax.jit, static_argnums=0)
+def _init_decoder(cfg: DecoderIR, rng) -> dict:
+    return materialize(decoder_spec(cfg), rng)
+
+
+def decoder_spec(cfg: DecoderIR) -> dict:
+    """The param tree with `Normal` specs as random leaves (no randomness drawn yet)."""
+    out_scale = (2 * cfg.n_layers) ** -0.5  # residual-branch outputs scaled down at init
+    params = {"embed": init_embed(cfg)}
+    for layer in range(cfg.n_layers):
+        params[f"layers_{layer}"] = {
+            "attn_norm": init_norm(cfg),
+            "attn": init_attn(cfg, out_scale),
+            "mlp_norm": init_norm(cfg),
+            "mlp": init_mlp(cfg, out_scale),
+        }
+    params["final_norm"] = init_norm(cfg)
+    if not cfg.tie_embeddings:
+        params["lm_head"] = init_head(cfg)
+    return params
+
+
+def init_cache(cfg: DecoderIR, batch: int, max_len: int) -> list[dict]:
+    """One {"k", "v"} pair of zeros [B, max_len, K, E] per layer, in the model dtype."""
+    shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+    dt = dtype_of(cfg)
+    return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.n_layers)]
+
+
+def run_layers(
+    params: dict, cfg: DecoderIR, x: jax.Array, positions: jax.Array, context: Context
+) -> list[jax.Array]:
+    """x [B, T, D] at positions [B, T] through every layer -> hiddens, n_layers + 1 of [B, T, D].
+
+    hiddens[0] = x, hiddens[l] = residual stream after layer l (before the final norm).
+    """
+    hiddens = [x]
+    for layer in range(cfg.n_layers):
+        p = params[f"layers_{layer}"]
+        h = norm(p["attn_norm"], cfg, x)
+        q = queries(p["attn"], cfg, h, positions)  # [B, T, H, E]
+        k, v = keys_values(p["attn"], cfg, h, positions)  # [B, T, K, E]
+        keys, values, mask = context(layer, p, k, v)
+        x = x + attn_out(p["attn"], attend(q, keys, values, mask))
+        x = x + mlp(p["mlp"], cfg, norm(p["mlp_norm"], cfg, x))
+        hiddens.append(x)
+    return hiddens
+
+
+def logits_of(params: dict, cfg: DecoderIR, x: jax.Array) -> jax.Array:
+    """Last residual x [B, T, D] -> logits [B, T, V] float32."""
+    return unembed(params, cfg, norm(params["final_norm"], cfg, x))
+
+
+def default_positions(tokens: jax.Array) -> jax.Array:
+    b, t = tokens.shape
+    return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+
+
+def decoder_forward(
+    params: dict, cfg: DecoderIR, tokens: jax.Array, positions: jax.Array | None = None
+) -> tuple[jax.Array, list[jax.Array]]:
+    """Teacher-forced causal pass. tokens [B, T] -> (logits [B, T, V] f32, hiddens).
+
+    positions [B, T] default to 0..T-1; causality is by position, so any increasing
+    positions work.
+    """
+    if positions is None:
+        positions = default_positions(tokens)
+    x = embed(params["embed"], cfg, tokens, positions)
+    mask = causal_mask(positions, positions)  # [B, T, T]
+
+    def self_context(layer, p, k, v):
+        return k, v, mask
+
+    hiddens = run_layers(params, cfg, x, positions, self_context)
+    return logits_of(params, cfg, hiddens[-1]), hiddens
+
+
+def decoder_block(
+    params: dict, cfg: DecoderIR, cache: list[dict], tokens: jax.Array, start: jax.Array
+) -> tuple[jax.Array, list[jax.Array], list[dict]]:
+    """K new tokens per row through the model with a KV cache.
+
+    tokens [B, K] sit at positions start[b] + i. Their K/V are written into each layer's
+    cache at those slots (writes at slots >= max_len are dropped), then each query at
+    position p attends to cache slots s <= p. Slots beyond p are ignored whatever they hold,
+    so rolling a row back is just moving its length back.
+    Returns (logits [B, K, V] f32, hiddens n_layers + 1 of [B, K, D], new_cache).
+    """
+    b, k_new = tokens.shape
+    start = jnp.asarray(start, jnp.int32)
+    positions = start[:, None] + jnp.arange(k_new, dtype=jnp.int32)  # [B, K]
+    x = embed(params["embed"], cfg, tokens, positions)
+    max_len = cache[0]["k"].shape[1] if cache else 0
+    mask = cache_mask(positions, max_len)  # [B, K, S]
+    new_cache = list(cache)
+
+    def cache_context(layer, p, k, v):
+        entry = {
+            "k": write_rows(cache[layer]["k"], k, start),
+            "v": write_rows(cache[layer]["v"], v, start),
+        }
+        new_cache[layer] = entry
+        return entry["k"], entry["v"], mask
+
+    hiddens = run_layers(params, cfg, x, positions, cache_context)
+    return logits_of(params, cfg, hiddens[-1]), hiddens, new_cache

@@ -1,0 +1,41 @@
+"""Parameters of a whole program: every model and every wiring projection."""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+
+from compiler.ir import ProgramIR
+from compiler.nn.decoder import init_decoder
+from compiler.nn.projection import init_projection
+
+
+def _key(rng, name: str):
+    """A key per name, independent of the order and number of other parts."""
+    return jax.random.fold_in(rng, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def init_params(prog: ProgramIR, rng) -> dict:
+    """{model name: decoder params, projection name: projection params}.
+
+    A projection is initialized in its query (small) model's dtype. Names must be unique
+    across models and projections.
+    """
+    params = {}
+    for cfg in prog.models:
+        if cfg.name in params:
+            raise ValueError(f"duplicate model name {cfg.name!r}")
+        params[cfg.name] = init_decoder(cfg, _key(rng, cfg.name))
+    model_names = set(params)
+    for wiring in prog.wirings:
+        proj = wiring.projection
+        if wiring.kind == "none" or proj is None:
+            continue
+        if proj.name in model_names:
+            raise ValueError(f"projection {proj.name!r} has the name of a model")
+        if proj.name in params:
+            continue  # a projection shared by two wirings is initialized once
+        dtype = prog.model(wiring.query).dtype
+        params[proj.name] = init_projection(proj, wiring.wired_layers, _key(rng, proj.name), dtype)
+    return params

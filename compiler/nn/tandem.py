@@ -1,0 +1,174 @@
+"""The Tandem small model M_S: teacher-forced training pass and the decode-time cache rule.
+
+DESIGN.md section 5. Small layer j with a source l(j) = wiring.layer_map[j] reads
+P_j(large hiddens[l(j)]). A projected vector is treated as an M_S residual vector: layer j
+applies its own attn_norm, W_K, W_V and RoPE at the token's own position to it.
+
+Training (`tandem_forward`): attention over 2T slots [projected 0..T-1 ; own 0..T-1];
+query t sees projected slot s iff s < f(t) and own slot s iff f(t) <= s <= t.
+
+Decoding: one cache per small layer (`init_cache(small_cfg, ...)`). `write_memory` puts
+projected-M_L K/V at the positions M_L just processed; `small_block` writes M_S's own K/V
+at the positions it processes and attends to slots s <= p. So slots below the frontier hold
+projected K/V and slots from the frontier on hold M_S's own, which is exactly the training
+mask: `tests/compiler/test_cache_rule.py` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from compiler.ir import DecoderIR, WiringIR
+from compiler.nn.attention import causal_mask, keys_values, tandem_mask, write_rows
+from compiler.nn.decoder import (
+    decoder_block,
+    decoder_forward,
+    default_positions,
+    logits_of,
+    run_layers,
+)
+from compiler.nn.layers import embed, norm
+from compiler.nn.projection import project
+
+
+def training_frontier(
+    batch: int,
+    seq_len: int,
+    block: int,
+    block_max: int | None = None,
+    random_offset: bool = False,
+    rng=None,
+) -> jax.Array:
+    """The training frontier f [B, T] int32: how many leading positions M_L has processed.
+
+    Fixed: f(t) = floor(t / γ) * γ with γ = block. With block_max > block, γ is drawn per
+    sequence uniformly from [block, block_max]; with random_offset, a grid offset o is
+    drawn per sequence from [0, γ) and f(t) = max(floor((t - o) / γ) * γ + o, 0).
+    Always 0 <= f(t) <= t, so a query never sees M_L's rep of its own position.
+    """
+    if block < 1:
+        raise ValueError(f"training block length must be >= 1, got {block}")
+    block_max = block if block_max is None else block_max
+    if block_max < block:
+        raise ValueError(f"block_max {block_max} < block {block}")
+    sampled = block_max > block
+    if (sampled or random_offset) and rng is None:
+        raise ValueError("a sampled block length or random offset needs an rng")
+    t = jnp.arange(seq_len, dtype=jnp.int32)[None, :]  # [1, T]
+    if sampled:
+        k_gamma, rng = jax.random.split(rng)
+        gamma = jax.random.randint(k_gamma, (batch, 1), block, block_max + 1, jnp.int32)
+    else:
+        gamma = jnp.full((batch, 1), block, jnp.int32)
+    if random_offset:
+        offset = jax.random.randint(rng, (batch, 1), 0, jnp.iinfo(jnp.int32).max) % gamma
+    else:
+        offset = jnp.zeros((batch, 1), jnp.int32)
+    f = jnp.floor_divide(t - offset, gamma) * gamma + offset  # floor, also for t < o
+    return jnp.maximum(f, 0).astype(jnp.int32)
+
+
+def _projected_kv(small_params, proj_params, small_cfg, wiring, layer, large_hidden, positions):
+    """P_j(large rep) -> layer j's k, v [B, T, K, E] (own norm, W_K, W_V, RoPE at positions)."""
+    p = small_params[f"layers_{layer}"]
+    m = project(proj_params, wiring.projection, layer, large_hidden)  # [B, T, D_S]
+    m = m.astype(p["attn_norm"]["scale"].dtype)
+    return keys_values(p["attn"], small_cfg, norm(p["attn_norm"], small_cfg, m), positions)
+
+
+def tandem_forward(
+    small_params: dict,
+    proj_params: dict | None,
+    small_cfg: DecoderIR,
+    wiring: WiringIR,
+    large_hiddens: list[jax.Array],
+    tokens: jax.Array,
+    frontier: jax.Array,
+) -> jax.Array:
+    """Teacher-forced Tandem M_S. tokens [B, T], frontier [B, T] -> logits [B, T, V] f32.
+
+    large_hiddens: M_L's hiddens from `decoder_forward` over the same tokens (n_layers_L + 1
+    of [B, T, D_L]); the caller applies stop_gradient when M_L is frozen. Unwired layers are
+    ordinary causal layers; wiring.kind == "none" is a plain causal pass.
+    """
+    if wiring.kind == "none":
+        return decoder_forward(small_params, small_cfg, tokens)[0]
+    positions = default_positions(tokens)  # [B, T]
+    x = embed(small_params["embed"], small_cfg, tokens, positions)
+    causal = causal_mask(positions, positions)  # [B, T, T]
+    mixed = tandem_mask(frontier)  # [B, T, 2T]
+
+    def tandem_context(layer, p, k, v):
+        src = wiring.layer_map[layer]
+        if src is None:
+            return k, v, causal
+        km, vm = _projected_kv(
+            small_params, proj_params, small_cfg, wiring, layer, large_hiddens[src], positions
+        )
+        keys = jnp.concatenate([km, k], axis=1)  # [B, 2T, K, E]
+        values = jnp.concatenate([vm, v], axis=1)
+        return keys, values, mixed
+
+    hiddens = run_layers(small_params, small_cfg, x, positions, tandem_context)
+    return logits_of(small_params, small_cfg, hiddens[-1])
+
+
+def small_block(
+    small_params: dict,
+    small_cfg: DecoderIR,
+    wiring: WiringIR | None,
+    cache: list[dict],
+    tokens: jax.Array,
+    start: jax.Array,
+) -> tuple[jax.Array, list[dict]]:
+    """Decode-time M_S over tokens [B, K] at positions start[b] + i -> (logits, new_cache).
+
+    Writes M_S's own K/V at [start, start + K) in every layer, then attends to slots s <= p
+    of its single per-layer cache: below the frontier those hold projected M_L K/V (put
+    there by `write_memory`), from the frontier on its own. The wiring is not needed to
+    read the cache; it is taken for symmetry with `write_memory`.
+    """
+    del wiring
+    logits, _, new_cache = decoder_block(small_params, small_cfg, cache, tokens, start)
+    return logits, new_cache
+
+
+def write_memory(
+    small_params: dict,
+    proj_params: dict | None,
+    small_cfg: DecoderIR,
+    wiring: WiringIR | None,
+    small_cache: list[dict],
+    large_hiddens: list[jax.Array],
+    start: jax.Array,
+    count: jax.Array | None = None,
+) -> list[dict]:
+    """The cache rule: M_L processed positions [start, start + K); overwrite M_S's wired
+    layers' cache entries there with K/V of P_j(large_hiddens[l(j)]).
+
+    large_hiddens: from `decoder_block` over those K tokens (n_layers_L + 1 of [B, K, D_L]).
+    count [B] (optional): only the first count[b] entries of row b are written; entries
+    i >= count[b] (e.g. rejected drafts) keep their old content, which is never read before
+    M_S overwrites it with its own K/V. Writes at slots >= max_len are dropped. Unwired
+    layers are untouched; wiring.kind == "none" returns the cache unchanged.
+    """
+    if wiring is None or wiring.kind == "none":
+        return small_cache
+    b, k_new = large_hiddens[0].shape[:2]
+    start = jnp.asarray(start, jnp.int32)
+    positions = start[:, None] + jnp.arange(k_new, dtype=jnp.int32)  # [B, K]
+    keep = None
+    if count is not None:
+        keep = jnp.arange(k_new, dtype=jnp.int32)[None, :] < jnp.asarray(count)[:, None]
+    new_cache = list(small_cache)
+    for layer in wiring.wired_layers:
+        src = wiring.layer_map[layer]
+        km, vm = _projected_kv(
+            small_params, proj_params, small_cfg, wiring, layer, large_hiddens[src], positions
+        )
+        new_cache[layer] = {
+            "k": write_rows(small_cache[layer]["k"], km, start, keep),
+            "v": write_rows(small_cache[layer]["v"], vm, start, keep),
+        }
+    return new_cache

@@ -1,0 +1,89 @@
+"""Tiny IR builders for the compiler tests (float32, d <= 64, <= 3 layers)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from compiler.ir import (
+    DecoderIR,
+    ObjectiveIR,
+    OptimizerIR,
+    ProgramIR,
+    ProjectionIR,
+    TrainStageIR,
+    WiringIR,
+)
+
+VOCAB = 61
+
+
+def large_cfg(**kw) -> DecoderIR:
+    base = dict(
+        name="large", vocab=VOCAB, d_model=48, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=96,
+        max_len=64,
+    )  # fmt: skip
+    base.update(kw)
+    return DecoderIR(**base)
+
+
+def small_cfg(**kw) -> DecoderIR:
+    base = dict(
+        name="small", vocab=VOCAB, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=64,
+        max_len=64,
+    )  # fmt: skip
+    base.update(kw)
+    return DecoderIR(**base)
+
+
+def tandem_wiring(small: DecoderIR, large: DecoderIR, layer_map, **proj_kw) -> WiringIR:
+    proj = ProjectionIR(
+        name="l2s", kind=proj_kw.pop("kind", "linear"), d_in=large.d_model, d_out=small.d_model,
+        **proj_kw,
+    )  # fmt: skip
+    return WiringIR(
+        kind="tandem", query=small.name, memory=large.name, layer_map=tuple(layer_map),
+        projection=proj,
+    )  # fmt: skip
+
+
+# (small overrides, layer_map, projection overrides): the variants the cache-rule test covers
+TANDEM_VARIANTS = {
+    "linear-all-wired": ({}, (2, 3), {}),
+    "mlp-shared-bias-partial-gqa": (
+        dict(n_layers=3, n_kv_heads=2),
+        (1, None, 3),
+        dict(kind="mlp", per_layer=False, hidden=40, bias=True),
+    ),
+    "gpt-style-small": (
+        dict(norm="layernorm", mlp="gelu", pos="learned", tie_embeddings=True),
+        (3, 0),
+        dict(bias=True),
+    ),
+}
+
+
+def tandem_variant(name: str):
+    """(large, small, wiring) for one of TANDEM_VARIANTS."""
+    small_kw, layer_map, proj_kw = TANDEM_VARIANTS[name]
+    large = large_cfg()
+    small = small_cfg(**small_kw)
+    return large, small, tandem_wiring(small, large, layer_map, **dict(proj_kw))
+
+
+def program(models, wirings=(), stages=(), batch=2, max_len=64) -> ProgramIR:
+    return ProgramIR(
+        name="test", models=tuple(models), wirings=tuple(wirings), train=tuple(stages),
+        decode=None, batch=batch, max_len=max_len,
+    )  # fmt: skip
+
+
+def stage(objective: ObjectiveIR, trainable, *, lr=3e-3, steps=30, seq_len=16, batch=4, **opt):
+    return TrainStageIR(
+        name="stage", objective=objective, trainable=tuple(trainable),
+        optimizer=OptimizerIR(lr=lr, warmup=0, schedule="constant", **opt),
+        steps=steps, batch=batch, seq_len=seq_len,
+    )  # fmt: skip
+
+
+def replace(obj, **kw):
+    return dataclasses.replace(obj, **kw)
