@@ -86,7 +86,7 @@ def cache_mask(positions: jax.Array, max_len: int) -> jax.Array:
     Slots beyond a row's position may hold stale K/V (rejected drafts, an older block);
     they are never read, which is what makes rollback a pure length change.
     """
-    slots = jnp.arange(max_len, dtype=positions.dtype)
+    slots = jnp.arange(max_len, dtype=jnp.int32)
     return slots[None, None, :] <= positions[:, :, None]
 
 
@@ -96,8 +96,9 @@ def tandem_mask(frontier: jax.Array) -> jax.Array:
     Query t (frontier f = frontier[b, t]) may read projected slot s iff s < f and own slot s
     iff f <= s <= t (DESIGN.md section 5, training rule).
     """
+    frontier = jnp.asarray(frontier, jnp.int32)
     t = frontier.shape[1]
-    pos = jnp.arange(t, dtype=frontier.dtype)
+    pos = jnp.arange(t, dtype=jnp.int32)
     f = frontier[:, :, None]  # [B, T, 1]
     s = pos[None, None, :]  # [1, 1, T]
     projected = s < f  # [B, T, T]

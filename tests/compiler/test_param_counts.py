@@ -1,0 +1,134 @@
+"""The IR's derived sizes equal the real param trees, caches and compiled FLOPs."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+from tiny_ir import large_cfg, program, small_cfg, tandem_wiring
+
+from compiler.ir import ProjectionIR, WiringIR
+from compiler.nn import decoder_block, init_cache, init_decoder, init_params, init_projection
+
+KEY = jax.random.PRNGKey(0)
+
+
+def n_params(tree) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+DECODERS = {
+    "llama-gqa-untied": large_cfg(),
+    "mha-tied": small_cfg(tie_embeddings=True),
+    "gpt-layernorm-gelu-learned": small_cfg(norm="layernorm", mlp="gelu", pos="learned"),
+    "gpt-tied-learned-bf16": small_cfg(
+        norm="layernorm", mlp="gelu", pos="learned", tie_embeddings=True, dtype="bfloat16"
+    ),
+    "mqa-odd-ff": large_cfg(n_kv_heads=1, d_ff=50, n_layers=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_decoder_param_count(name):
+    cfg = DECODERS[name]
+    shapes = jax.eval_shape(lambda k: init_decoder(cfg, k), KEY)
+    assert n_params(shapes) == cfg.param_count
+    dtypes = {x.dtype for x in jax.tree.leaves(shapes)}
+    assert dtypes == {jnp.dtype(cfg.dtype)}
+
+
+def test_real_init_matches_count_and_is_deterministic():
+    cfg = DECODERS["gpt-layernorm-gelu-learned"]
+    a, b = init_decoder(cfg, KEY), init_decoder(cfg, KEY)
+    assert n_params(a) == cfg.param_count
+    assert all(
+        jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+    c = init_decoder(cfg, jax.random.PRNGKey(1))
+    assert not jnp.array_equal(a["layers_0"]["attn"]["wq"], c["layers_0"]["attn"]["wq"])
+
+
+PROJECTIONS = [
+    dict(kind="linear", per_layer=True, bias=False),
+    dict(kind="linear", per_layer=True, bias=True),
+    dict(kind="linear", per_layer=False, bias=False),
+    dict(kind="mlp", per_layer=True, bias=True, hidden=24),
+    dict(kind="mlp", per_layer=False, bias=False, hidden=0),
+]
+
+
+@pytest.mark.parametrize("kw", PROJECTIONS, ids=lambda kw: "-".join(map(str, kw.values())))
+@pytest.mark.parametrize("wired", [(0, 2), (1,)])
+def test_projection_param_count(kw, wired):
+    proj = ProjectionIR(name="p", d_in=48, d_out=32, **kw)
+    shapes = jax.eval_shape(lambda k: init_projection(proj, wired, k), KEY)
+    assert n_params(shapes) == proj.param_count(len(wired))
+    assert set(shapes) == ({f"layers_{j}" for j in wired} if proj.per_layer else {"shared"})
+
+
+def test_program_params_and_stable_names():
+    large, small = large_cfg(), small_cfg(tie_embeddings=True)
+    drafter = small_cfg(name="drafter")
+    wiring = tandem_wiring(small, large, (2, 3), bias=True)
+    none = WiringIR(kind="none", query="drafter", memory=None, layer_map=(None, None),
+                    projection=None)  # fmt: skip
+    prog = program([large, small, drafter], [wiring, none])
+    params = init_params(prog, KEY)
+    assert set(params) == {"large", "small", "drafter", "l2s"}
+    assert {k: n_params(v) for k, v in params.items()} == prog.param_counts()
+    # a model's init does not depend on which other models the program has
+    alone = init_params(program([large]), KEY)
+    assert jnp.array_equal(alone["large"]["embed"]["tokens"], params["large"]["embed"]["tokens"])
+
+    paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+    for expected in [
+        "['large']['embed']['tokens']",
+        "['large']['layers_2']['attn']['wq']",
+        "['large']['layers_2']['attn']['wk']",
+        "['large']['layers_2']['attn']['wv']",
+        "['large']['layers_2']['attn']['wo']",
+        "['large']['layers_0']['attn_norm']['scale']",
+        "['large']['layers_0']['mlp_norm']['scale']",
+        "['large']['layers_0']['mlp']['w_gate']",
+        "['large']['layers_0']['mlp']['w_up']",
+        "['large']['layers_0']['mlp']['w_down']",
+        "['large']['final_norm']['scale']",
+        "['large']['lm_head']['w']",
+        "['l2s']['layers_0']['w']",
+        "['l2s']['layers_1']['b']",
+    ]:
+        assert expected in paths, expected
+    assert "['small']['lm_head']['w']" not in paths  # tied
+    assert params["large"]["layers_2"]["attn"]["wq"].shape == (48, 4, 12)
+    assert params["large"]["layers_2"]["attn"]["wk"].shape == (48, 2, 12)
+    assert params["large"]["layers_2"]["attn"]["wo"].shape == (4, 12, 48)
+    assert params["l2s"]["layers_0"]["w"].shape == (48, 32)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_kv_cache_bytes_per_token(dtype):
+    cfg = large_cfg(dtype=dtype)
+    cache = init_cache(cfg, 2, 10)
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+    assert total == cfg.kv_cache_bytes_per_token * 2 * 10
+
+
+def test_flops_formula_and_compiled_cost():
+    cfg = large_cfg(vocab=512, d_model=64, d_ff=256)
+    # attention part grows linearly with the context
+    per_ctx = cfg.n_layers * 4 * cfg.n_heads * cfg.head_dim
+    assert cfg.flops_per_token(100) - cfg.flops_per_token(0) == 100 * per_ctx
+    non_matmul = cfg.embed_params + (2 * cfg.n_layers + 1) * cfg.norm_params
+    assert cfg.flops_per_token(0) == 2 * (cfg.param_count - non_matmul)
+    # within a few percent of what XLA counts for one cached decode step over S slots
+    s = 128
+    params = jax.eval_shape(lambda k: init_decoder(cfg, k), KEY)
+    cache = jax.eval_shape(lambda: init_cache(cfg, 1, s))
+    tok = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    start = jax.ShapeDtypeStruct((1,), jnp.int32)
+    compiled = jax.jit(decoder_block, static_argnums=1).lower(params, cfg, cache, tok, start)
+    cost = compiled.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert 0.95 < cost["flops"] / cfg.flops_per_token(s) < 1.15
