@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "md"], default="json")
     p.set_defaults(fn=cmd_schema)
 
+    from runtime import commands
+
+    commands.register(sub)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""`compile(spec)`: the whole pipeline from a spec file to artifacts, stage by stage.
+
+Each stage is timed and reported through `log(stage, seconds, summary)`, and
+`stop_after` ends the pipeline early (load, validate, resolve, check, ir, lower, compile).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tandem_dsl import api
+
+from .artifacts import lower_program, write_atomic, write_program
+from .build import build_ir, format_ir
+from .plan import make_plan
+
+STAGES = ("load", "check", "ir", "lower", "compile")
+EMITS = ("spec", "plan", "stablehlo", "cost", "exported")
+
+
+@dataclass
+class CompileResult:
+    spec: object = None
+    ir: object = None
+    plan: dict = field(default_factory=dict)
+    programs: dict = field(default_factory=dict)  # name -> CompiledProgram
+    files: list = field(default_factory=list)
+
+
+def _quiet(stage: str, seconds: float, summary: str) -> None:
+    pass
+
+
+def compile_spec(
+    spec_path: str | Path,
+    out_dir: str | Path | None = None,
+    overrides=(),
+    programs: list[str] | None = None,
+    platforms: tuple[str, ...] = ("cpu",),
+    emit: tuple[str, ...] = EMITS,
+    stop_after: str = "compile",
+    log: Callable[[str, float, str], None] = _quiet,
+) -> CompileResult:
+    """Compiles a spec file; raises tandem_dsl SpecError for bad specs, ValueError for bad
+    program names."""
+    from .programs import programs_for
+
+    result = CompileResult()
+    start = time.perf_counter()
+    loaded = api.load_checked(spec_path, overrides)
+    result.spec = loaded.spec
+    log("check", time.perf_counter() - start, f"{spec_path}: load, validate, resolve, check ok")
+    if stop_after in ("load", "check"):
+        return result
+
+    start = time.perf_counter()
+    prog = result.ir = build_ir(loaded.spec)
+    result.plan = make_plan(prog)
+    log(
+        "ir", time.perf_counter() - start, f"{len(prog.models)} models, {len(prog.wirings)} wirings"
+    )
+    out = Path(out_dir) if out_dir else None
+    emit_set = set(emit)
+    if out is not None and "spec" in emit_set:
+        result.files.append(out / "spec.resolved.yaml")
+        write_atomic(result.files[-1], api.to_yaml(loaded.spec))
+        result.files.append(out / "ir.txt")
+        write_atomic(result.files[-1], format_ir(prog) + "\n")
+    if stop_after == "ir":
+        return _finish_plan(result, out, emit_set)
+
+    defs = programs_for(prog)
+    if programs:
+        known = {d.name for d in defs}
+        unknown = [p for p in programs if p not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown program(s) {', '.join(unknown)}; this spec has {', '.join(sorted(known))}"
+            )
+        defs = [d for d in defs if d.name in programs]
+    for d in defs:
+        c = lower_program(d, platforms, compile_local=stop_after != "lower")
+        result.programs[d.name] = c
+        cost = {**c.cost, "seconds": c.seconds, "doc": d.doc, "analytic_flops": d.analytic_flops}
+        result.plan["programs"][d.name] = cost
+        flops = f", {c.cost['flops']:.3g} FLOPs" if "flops" in c.cost else ""
+        log(
+            "compile" if c.cost else "lower",
+            sum(c.seconds.values()),
+            f"{d.name}: {d.doc}{flops}",
+        )
+        if out is not None:
+            result.files += write_program(out, c, emit_set)
+    return _finish_plan(result, out, emit_set)
+
+
+def _finish_plan(result: CompileResult, out: Path | None, emit: set[str]) -> CompileResult:
+    if out is not None and "plan" in emit:
+        result.files.append(out / "plan.json")
+        write_atomic(result.files[-1], json.dumps(result.plan, indent=2) + "\n")
+    return result

@@ -1,0 +1,100 @@
+"""The compile plan: parameters, analytic FLOPs and KV-cache bytes, wiring, XLA's figures."""
+
+from __future__ import annotations
+
+from .ir import ProgramIR
+
+
+def make_plan(prog: ProgramIR) -> dict:
+    context = prog.max_len // 2  # FLOPs are quoted for a token halfway through the cache
+    models = {}
+    for m in prog.models:
+        models[m.name] = {
+            "params": m.param_count,
+            "bytes": m.param_count * m.dtype_bytes,
+            "flops_per_token": m.flops_per_token(context),
+            "kv_cache_bytes_per_token": m.kv_cache_bytes_per_token,
+            "kv_cache_bytes": m.kv_cache_bytes_per_token * prog.batch * prog.max_len,
+            "trainable": m.trainable,
+        }
+    projections, wiring = {}, []
+    for w in prog.wirings:
+        if w.kind == "none":
+            wiring.append({"query": w.query, "kind": "none"})
+            continue
+        p = w.projection
+        n_wired = len(w.wired_layers)
+        projections[p.name] = {
+            "params": p.param_count(n_wired),
+            "kind": p.kind,
+            "per_layer": p.per_layer,
+            "flops_per_token": 2 * p.param_count(n_wired),
+        }
+        wiring.append(
+            {
+                "query": w.query,
+                "memory": w.memory,
+                "via": p.name,
+                "block": w.block,
+                "layers": [{"small": j, "large": src} for j, src in enumerate(w.layer_map)],
+            }
+        )
+    return {
+        "name": prog.name,
+        "batch": prog.batch,
+        "max_len": prog.max_len,
+        "flops_context": context,
+        "models": models,
+        "projections": projections,
+        "wiring": wiring,
+        "programs": {},
+    }
+
+
+def _si(x: float, unit: str = "") -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {prefix}{unit}"
+    return f"{x:.0f} {unit}".rstrip()
+
+
+def format_plan(plan: dict) -> str:
+    lines = [
+        f"plan {plan['name']}: batch {plan['batch']}, max_len {plan['max_len']} "
+        f"(FLOPs/token at context {plan['flops_context']})",
+        f"  {'part':<12}{'params':>12}{'weights':>12}{'FLOPs/token':>14}{'KV/token':>11}"
+        f"{'KV cache':>11}",
+    ]
+    for name, m in plan["models"].items():
+        lines.append(
+            f"  {name:<12}{m['params']:>12,}{_si(m['bytes'], 'B'):>12}"
+            f"{_si(m['flops_per_token']):>14}{_si(m['kv_cache_bytes_per_token'], 'B'):>11}"
+            f"{_si(m['kv_cache_bytes'], 'B'):>11}"
+        )
+    for name, p in plan["projections"].items():
+        lines.append(f"  {name:<12}{p['params']:>12,}{'':>12}{_si(p['flops_per_token']):>14}")
+    for w in plan["wiring"]:
+        if w.get("kind") == "none":
+            lines.append(f"  wiring: {w['query']} is independent")
+            continue
+        pairs = ", ".join(
+            f"{x['small']}<-{x['large']}" if x["large"] is not None else f"{x['small']}:causal"
+            for x in w["layers"]
+        )
+        lines.append(f"  wiring: {w['query']} <- {w['memory']} via {w['via']}: {pairs}")
+    if plan["programs"]:
+        lines.append(
+            f"  {'program':<22}{'XLA FLOPs':>12}{'analytic':>12}{'bytes acc.':>12}"
+            f"{'args':>11}{'temp':>11}"
+        )
+        for name, c in plan["programs"].items():
+            if "flops" not in c:
+                lines.append(f"  {name:<22}  XLA cost unavailable: {c.get('cost_unavailable')}")
+                continue
+            analytic = _si(c["analytic_flops"]) if c.get("analytic_flops") else "-"
+            lines.append(
+                f"  {name:<22}{_si(c['flops']):>12}{analytic:>12}"
+                f"{_si(c['bytes_accessed'], 'B'):>12}{_si(c.get('argument_bytes', 0), 'B'):>11}"
+                f"{_si(c.get('temp_bytes', 0), 'B'):>11}"
+            )
+    return "\n".join(lines)
