@@ -18,8 +18,7 @@ from .artifacts import lower_program, write_atomic, write_program
 from .build import build_ir, format_ir
 from .plan import make_plan
 
-STAGES = ("load", "check", "ir", "lower", "compile")
-EMITS = ("spec", "plan", "stablehlo", "cost", "exported")
+from .stages import EMITS, STAGES
 
 
 @dataclass

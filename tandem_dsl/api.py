@@ -14,7 +14,7 @@ import yaml
 from . import model
 from .checks import run_checks
 from .diagnostics import Collector, Origin
-from .resolve import resolve, to_spec
+from .resolve import dataclass_of, field_type, resolve, to_spec
 from .schema import validate, yaml_name
 from .source import Doc, apply_overrides, load_file, parse_yaml
 
@@ -25,6 +25,15 @@ class Loaded:
 
     spec: model.Spec
     doc: Doc
+
+
+def schema_fields(path: tuple) -> list[str]:
+    """The spec fields of the mapping at `path` (empty if it is not a spec object)."""
+    tp = field_type(path)
+    cls = dataclass_of(tp) if tp is not None else None
+    if cls is None and path and path[0] == "decode" and path[-1] == "draft":
+        cls = model.NgramDraft
+    return [yaml_name(f) for f in dataclasses.fields(cls)] if cls else []
 
 
 def _version(doc: Doc, errors: Collector) -> None:
@@ -51,7 +60,7 @@ def _version(doc: Doc, errors: Collector) -> None:
 
 def finish(doc: Doc, overrides, stop_after: str | None = None) -> Loaded | Doc:
     errors = Collector("override")
-    apply_overrides(doc, list(overrides), errors)
+    apply_overrides(doc, list(overrides), errors, schema_fields)
     errors.raise_if_any()
     errors = Collector("validate")
     _version(doc, errors)
@@ -103,7 +112,7 @@ def load_raw(path: str | Path, overrides=()) -> Doc:
     doc = load_file(path, errors)
     errors.raise_if_any()
     errors = Collector("override")
-    apply_overrides(doc, list(overrides), errors)
+    apply_overrides(doc, list(overrides), errors, schema_fields)
     errors.raise_if_any()
     return doc
 

@@ -18,10 +18,12 @@ from .schema import fields, hints, yaml_name
 from .source import Doc, path_str
 
 
-def _dataclass_of(tp):
+def dataclass_of(tp):
     """The dataclass inside `X`, `X | None` (but not a union with a str)."""
     if dataclasses.is_dataclass(tp):
         return tp
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if len(args) == 1 and dataclasses.is_dataclass(args[0]):
         return args[0]
@@ -69,7 +71,7 @@ def fill_defaults(doc: Doc) -> Doc:
                     continue
                 doc.origins[sub] = DEFAULT
             value = node[key]
-            inner = _dataclass_of(tp)
+            inner = dataclass_of(tp)
             if inner is not None and isinstance(value, dict):
                 walk(inner, value, sub)
             elif typing.get_origin(tp) in (list, dict):
@@ -192,7 +194,7 @@ def field_type(path: tuple):
     """The annotated type of the spec field at `path`, or None if it is not a field."""
     tp = model.Spec
     for part in path:
-        cls = _dataclass_of(tp)
+        cls = dataclass_of(tp)
         union = typing.get_origin(tp) in (typing.Union, types.UnionType)
         if cls is None and union and str in typing.get_args(tp):  # Decode.draft
             cls = model.NgramDraft
@@ -242,7 +244,7 @@ def _check_ranges(doc: Doc, errors: Collector) -> None:
             if key not in node:
                 continue
             value, sub, tp = node[key], path + (key,), hints(cls)[f.name]
-            inner = _dataclass_of(tp)
+            inner = dataclass_of(tp)
             if inner is not None:
                 walk(inner, value, sub)
             elif typing.get_origin(tp) in (list, dict) and dataclasses.is_dataclass(
@@ -282,7 +284,7 @@ def _build(cls, node: dict):
 def _value(tp, value):
     if value is None:
         return None
-    inner = _dataclass_of(tp)
+    inner = dataclass_of(tp)
     if inner is not None and isinstance(value, dict):
         return _build(inner, value)
     origin = typing.get_origin(tp)

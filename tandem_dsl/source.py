@@ -247,8 +247,13 @@ def _parse_key(key: str):
     return tuple(parts)
 
 
-def apply_overrides(doc: Doc, overrides: list[str], errors: Collector) -> Doc:
-    """Applies `a.b=1`, `+a.new=2`, `~a.b` left to right; values are parsed as YAML."""
+def apply_overrides(doc: Doc, overrides: list[str], errors: Collector, fields=None) -> Doc:
+    """Applies `a.b=1`, `+a.new=2`, `~a.b` left to right; values are parsed as YAML.
+
+    `fields(path)` lists the spec fields allowed under `path` (a mapping): `a.b=1` may set
+    such a field even when the file leaves it to its default.
+    """
+    fields = fields or (lambda path: [])
     for i, text in enumerate(overrides, start=1):
         src = f"cli:{i}"
         whole = Origin(src, 1, 1, 1, len(text) + 1, text)
@@ -272,8 +277,11 @@ def apply_overrides(doc: Doc, overrides: list[str], errors: Collector) -> Doc:
         parent = doc.get(path[:-1])
         last = path[-1]
         exists = _has(parent, last)
+        known = isinstance(parent, dict) and last in fields(path[:-1])
+        if op == "set" and known and not exists:
+            op = "add"
         if not isinstance(parent, dict | list) or (op != "add" and not exists):
-            choices = parent.keys() if isinstance(parent, dict) else []
+            choices = [*parent.keys(), *fields(path[:-1])] if isinstance(parent, dict) else []
             hint = did_you_mean(str(last), choices) if choices else None
             if op == "set" and isinstance(parent, dict):
                 hint = hint or f"to add a new key write +{key}={value_text}"

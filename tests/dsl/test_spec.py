@@ -70,6 +70,16 @@ def test_overrides_set_add_delete_left_to_right():
     assert loaded.doc.value_origin(("decode", "adaptive", "threshold")).source == "default"
 
 
+def test_override_sets_a_field_left_to_its_default():
+    spec = api.load(
+        ROOT / "specs/quickstart.yaml", ["train.0.eval_every=10", "decode.sampling.top_k=5"]
+    )
+    assert spec.train[0].eval_every == 10 and spec.decode.sampling.top_k == 5
+    with pytest.raises(SpecError) as info:
+        api.load(ROOT / "specs/quickstart.yaml", ["train.0.eval_evry=10"])
+    assert info.value.diagnostics[0].hint == "did you mean 'eval_every'?"
+
+
 def test_layer_maps():
     spec = api.load(ROOT / "specs/quickstart.yaml")
     assert checks.layer_map(spec, spec.wiring[0]) == (2, 4)
