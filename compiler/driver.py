@@ -17,8 +17,7 @@ from tandem_dsl import api
 from .artifacts import lower_program, write_atomic, write_program
 from .build import build_ir, format_ir
 from .plan import make_plan
-
-from .stages import EMITS, STAGES
+from .stages import EMITS
 
 
 @dataclass
