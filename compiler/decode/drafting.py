@@ -1,0 +1,114 @@
+"""M_S drafting one round: up to G tokens from frontier f, one token per step, in one
+`lax.while_loop` that stops when no row wants another token (or at G).
+
+Which positions M_S itself must process (its own K/V) depends on the wiring:
+- Tandem, every layer wired: inputs x_f, d_1..d_{G-1} at f..f+G-1. Positions M_S skips (the
+  last draft when all are accepted; the free token) get projected M_L K/V from `write_memory`.
+- Independent drafter: it never gets memory, so the first step re-reads the previous token:
+  a 2-token block [x_{f-1}, x_f] at f-1 (idempotent when x_{f-1} was already processed).
+- Tandem with unwired layers: those layers need M_S's own K/V everywhere, and rewriting slot
+  f-1 would clobber wired memory, so a trailing step processes the round's last draft
+  d_{n_draft} at f + n_draft instead (`tail`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from compiler.decode.rules import DraftSignal
+from compiler.decode.sampling import probs, sample_probs
+from compiler.decode.state import LoopConfig, gather_rows
+from compiler.nn import small_block
+
+
+class Drafts(NamedTuple):
+    tokens: jax.Array  # [B, G] int32 (entries >= n_draft are junk)
+    q: jax.Array | None  # [B, G, V] processed draft probs (None when greedy)
+    logits: jax.Array | None  # [B, G, V] raw draft logits (return_logits only)
+    n_draft: jax.Array  # [B] int32, 1..G
+    calls: jax.Array  # [B] int32 M_S passes per row
+    cache: list
+
+
+def _draw(cfg: LoopConfig, key, logits: jax.Array):
+    """logits [B, V] -> (token [B], q [B, V] processed or None, confidence probs [B, V])."""
+    if cfg.sampling.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), None, jax.nn.softmax(logits)
+    q = probs(logits, cfg.sampling)
+    return sample_probs(key, q), q, q
+
+
+def small_step(cfg: LoopConfig, params: dict, cache, tokens, start):
+    """M_S over tokens [B, K] at positions start[b] + i -> (logits [B, K, V], cache)."""
+    return small_block(params[cfg.draft.name], cfg.draft, cfg.wiring, cache, tokens, start)
+
+
+def draft(
+    cfg: LoopConfig,
+    params: dict,
+    cache,
+    last: jax.Array,
+    prev: jax.Array,
+    frontier: jax.Array,
+    active: jax.Array,
+    key,
+    rule,
+    tail: bool,
+) -> Drafts:
+    """Draft from x_f = last [B] at position frontier [B]; active [B] rows count calls.
+
+    rule(signal, params) -> continue [B]. With tail, process the last draft at f + n_draft.
+    """
+    g = cfg.gamma
+    b = last.shape[0]
+    keys = jax.random.split(key, g)
+    act = active.astype(jnp.int32)
+
+    v = cfg.draft.vocab
+    toks = jnp.zeros((b, g), jnp.int32)
+    qbuf = None if cfg.sampling.greedy else jnp.zeros((b, g, v), jnp.float32)
+    lbuf = jnp.zeros((b, g, v), jnp.float32) if cfg.return_logits else None
+
+    def record(i, logits, toks, qbuf, lbuf):
+        """Draw draft i+1 from M_S's logits [B, V] at position f + i and store it."""
+        tok, q, conf = _draw(cfg, keys[i], logits)
+        toks = toks.at[:, i].set(tok)
+        if qbuf is not None:
+            qbuf = qbuf.at[:, i].set(q)
+        if lbuf is not None:
+            lbuf = lbuf.at[:, i].set(logits)
+        return toks, qbuf, lbuf, DraftSignal(logits, conf, tok, i + 1)
+
+    def body(c):
+        i, cache, toks, qbuf, lbuf, n_draft, calls, cont = c
+        # input x_f (i = 0) or d_i = toks[:, i - 1], at position f + i
+        inp = jnp.where(i == 0, last, toks[:, jnp.maximum(i - 1, 0)])
+        logits, cache = small_step(cfg, params, cache, inp[:, None], frontier + i)
+        toks, qbuf, lbuf, signal = record(i, logits[:, 0], toks, qbuf, lbuf)
+        n_draft = n_draft + cont.astype(jnp.int32)
+        calls = calls + (cont & active).astype(jnp.int32)
+        cont = cont & rule(signal, params)
+        return i + 1, cache, toks, qbuf, lbuf, n_draft, calls, cont
+
+    def cond(c):
+        i, cont = c[0], c[-1]
+        return (i < g) & jnp.any(cont & active)
+
+    zero = jnp.zeros((b,), jnp.int32)
+    carry = (jnp.int32(0), cache, toks, qbuf, lbuf, zero, zero, jnp.ones((b,), bool))
+    if cfg.independent:  # peeled first step: [x_{f-1}, x_f] at f - 1 (see the module doc)
+        start0 = jnp.maximum(frontier - 1, 0)  # [B]
+        logits2, cache = small_step(cfg, params, cache, jnp.stack([prev, last], 1), start0)
+        logits0 = gather_rows(logits2, frontier - start0)  # [B, V] at position f
+        toks, qbuf, lbuf, signal = record(0, logits0, toks, qbuf, lbuf)
+        one = jnp.ones((b,), jnp.int32)
+        carry = (jnp.int32(1), cache, toks, qbuf, lbuf, one, act, rule(signal, params))
+    _, cache, toks, qbuf, lbuf, n_draft, calls, _ = jax.lax.while_loop(cond, body, carry)
+    if tail:  # own K/V for the last draft, needed if every draft is accepted
+        last_draft = gather_rows(toks, n_draft - 1)  # [B]
+        _, cache = small_step(cfg, params, cache, last_draft[:, None], frontier + n_draft)
+        calls = calls + act
+    return Drafts(toks, qbuf, lbuf, n_draft, calls, cache)

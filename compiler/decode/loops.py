@@ -1,0 +1,229 @@
+"""Prefill and the whole-generation loops: one `lax.while_loop` per generation, fixed shapes,
+per-row ragged progress (every row advances by its own count; done rows are frozen).
+
+A round of each policy, for a row at frontier f (position of its last token x_f = `last`):
+- autoregressive: the target reads x_f and samples x_{f+1}.
+- standalone (Tandem): M_S generates x_{f+1}..x_{f+G} from x_f; M_L processes the tokens M_S
+  consumed, x_f..x_{f+G-1}, in one block (with the free token: x_f..x_{f+G} and M_L samples
+  x_{f+G+1}); `write_memory` puts projected M_L K/V at those positions.
+- speed / adaptive: M_S drafts d_1..d_n (n = G, or chosen per row by the stop rule); M_L
+  verifies x_f, d_1..d_G in one block pass, which doubles as the memory pass for the accepted
+  positions; the new frontier is the position of the correction/bonus token. M_L's cache is
+  rolled back by position alone (slots past a query's position are never read).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from compiler.decode.drafting import draft, small_step
+from compiler.decode.rules import FixedRule
+from compiler.decode.sampling import probs, sample
+from compiler.decode.state import (
+    DecodeStats,
+    GenerateResult,
+    LoopConfig,
+    LoopState,
+    emit,
+    finalize,
+    gather_rows,
+)
+from compiler.decode.verify import verify
+from compiler.nn import decoder_block, init_cache, write_memory
+
+
+def _memory(cfg: LoopConfig, params: dict, small_cache, hiddens, start, count):
+    return write_memory(
+        params[cfg.draft.name],
+        params.get(cfg.projection) if cfg.projection else None,
+        cfg.draft,
+        cfg.wiring,
+        small_cache,
+        hiddens,
+        start,
+        count,
+    )
+
+
+def large_block(cfg: LoopConfig, params: dict, large_cache, small_cache, tokens, start, count):
+    """M_L over tokens [B, K] at start [B] -> (logits [B, K, V], large_cache, small_cache).
+
+    With a Tandem M_S the pass also refreshes M_S's memory for the first count[b] positions.
+    """
+    logits, hiddens, large_cache = decoder_block(
+        params[cfg.target.name], cfg.target, large_cache, tokens, start
+    )
+    if small_cache is not None:
+        small_cache = _memory(cfg, params, small_cache, hiddens, start, count)
+    return logits, large_cache, small_cache
+
+
+def _emits_first(cfg: LoopConfig) -> bool:
+    """Does the prefill pass emit the first token (the target's own prediction)?"""
+    return cfg.policy == "autoregressive" or (cfg.policy == "standalone" and cfg.free_token)
+
+
+def prefill(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> LoopState:
+    """prompt [B, P] left-aligned, prompt_lens [B] in 1..P -> the initial loop state.
+
+    M_L reads every row's prompt in one block from position 0 (slots past a row's own prompt
+    get junk that is overwritten before it is read). M_S's memory gets the positions M_L
+    has processed: all but the last prompt token (which is x_f), or all of them when the
+    prefill emits the first token (autoregressive, standalone with the free token).
+    """
+    b, p = prompt.shape
+    s = cfg.cache_len(p)
+    for m in (cfg.target, cfg.draft):
+        if m is not None and m.pos == "learned" and s > m.max_len:
+            raise ValueError(
+                f"prompt length {p} + max_new_tokens {cfg.max_new} + block {cfg.gamma} + 1 = {s} "
+                f"exceeds max_len {m.max_len} of model {m.name!r} (learned positions)"
+            )
+    prompt = prompt.astype(jnp.int32)
+    lens = jnp.clip(prompt_lens.astype(jnp.int32), 1, p)
+    zero = jnp.zeros((b,), jnp.int32)
+    large_cache = init_cache(cfg.target, b, s)
+    small_cache = None
+    stats = DecodeStats.zeros(b, cfg.gamma).replace(large_calls=jnp.ones((b,), jnp.int32))
+    first = _emits_first(cfg)
+    if cfg.draft is not None:
+        small_cache = init_cache(cfg.draft, b, s)
+        if cfg.prompt_pass:  # M_S's own K/V for the prompt (before the memory overwrites it)
+            _, small_cache = small_step(cfg, params, small_cache, prompt, zero)
+            stats = stats.replace(small_calls=jnp.ones((b,), jnp.int32))
+    count = lens if first else lens - 1
+    logits, large_cache, small_cache = large_block(
+        cfg, params, large_cache, small_cache, prompt, zero, count
+    )
+    v = cfg.target.vocab
+    state = LoopState(
+        out=jnp.full((b, cfg.buf_len), cfg.pad_id, jnp.int32),
+        n=zero,
+        last=gather_rows(prompt, lens - 1),
+        prev=gather_rows(prompt, jnp.maximum(lens - 2, 0)),
+        done=jnp.full((b,), cfg.max_new <= 0),
+        prompt_lens=lens,
+        large_cache=large_cache,
+        small_cache=small_cache,
+        key=key,
+        stats=stats,
+        logits=jnp.zeros((b, cfg.buf_len, v), jnp.float32) if cfg.return_logits else None,
+    )
+    if not first:
+        return state
+    key, k = jax.random.split(key)
+    lg = gather_rows(logits, lens - 1)  # [B, V] prediction after the last prompt token
+    tok = sample(k, lg, cfg.sampling)
+    state = emit(cfg, state.replace(key=key), tok[:, None], jnp.ones((b,), jnp.int32), lg[:, None])
+    return state.replace(prev=state.last, last=tok)
+
+
+def _advance(state: LoopState, seq, count, **kw) -> LoopState:
+    """After emitting count tokens of the round's sequence seq = [x_f, t_1, ...] [B, W+1]."""
+    active = ~state.done
+    last = jnp.where(active, gather_rows(seq, count), state.last)
+    prev = jnp.where(active, gather_rows(seq, count - 1), state.prev)
+    return state.replace(last=last, prev=prev, **kw)
+
+
+def autoregressive_round(cfg: LoopConfig, params: dict, state: LoopState) -> LoopState:
+    b = state.n.shape[0]
+    key, k = jax.random.split(state.key)
+    logits, large_cache, _ = large_block(
+        cfg, params, state.large_cache, None, state.last[:, None], state.frontier, None
+    )
+    lg = logits[:, 0]  # [B, V]
+    tok = sample(k, lg, cfg.sampling)
+    active = (~state.done).astype(jnp.int32)
+    stats = state.stats.replace(large_calls=state.stats.large_calls + active)
+    one = jnp.ones((b,), jnp.int32)
+    seq = jnp.stack([state.last, tok], axis=1)
+    new = _advance(state, seq, one, key=key, large_cache=large_cache, stats=stats)
+    return emit(cfg, new, tok[:, None], one, lg[:, None])
+
+
+def standalone_round(cfg: LoopConfig, params: dict, state: LoopState) -> LoopState:
+    g, b = cfg.gamma, state.n.shape[0]
+    f, active = state.frontier, ~state.done
+    key, k_draft, k_free = jax.random.split(state.key, 3)
+    tail = cfg.partial and cfg.free_token  # the free token's predecessor is M_L-only
+    d = draft(cfg, params, state.small_cache, state.last, state.prev, f, active, k_draft,
+              FixedRule(g), tail)  # fmt: skip
+    seq = jnp.concatenate([state.last[:, None], d.tokens], axis=1)  # [B, G+1] x_f, x_f+1..
+    block = seq if cfg.free_token else seq[:, :g]  # the tokens M_L processes
+    logits, large_cache, small_cache = large_block(
+        cfg, params, state.large_cache, d.cache, block, f, None
+    )
+    toks, rec = d.tokens, d.logits  # [B, G], [B, G, V]
+    if cfg.free_token:
+        lg = logits[:, -1]  # M_L's prediction after x_f+G
+        free = sample(k_free, lg, cfg.sampling)
+        toks = jnp.concatenate([toks, free[:, None]], axis=1)
+        seq = jnp.concatenate([seq, free[:, None]], axis=1)
+        rec = None if rec is None else jnp.concatenate([rec, lg[:, None]], axis=1)
+    count = jnp.full((b,), toks.shape[1], jnp.int32)
+    a = active.astype(jnp.int32)
+    st = state.stats
+    stats = st.replace(
+        large_calls=st.large_calls + a,
+        small_calls=st.small_calls + d.calls,
+        rounds=st.rounds + a,
+        round_tokens=st.round_tokens + a * count,
+    )
+    new = _advance(state, seq, count, key=key, large_cache=large_cache,
+                   small_cache=small_cache, stats=stats)  # fmt: skip
+    return emit(cfg, new, toks, count, rec)
+
+
+def speculative_round(cfg: LoopConfig, params: dict, state: LoopState) -> LoopState:
+    g, b = cfg.gamma, state.n.shape[0]
+    f, active = state.frontier, ~state.done
+    key, k_draft, k_verify = jax.random.split(state.key, 3)
+    rule = cfg.stop_rule if cfg.stop_rule is not None else FixedRule(g)
+    d = draft(cfg, params, state.small_cache, state.last, state.prev, f, active, k_draft,
+              rule, cfg.partial)  # fmt: skip
+    block = jnp.concatenate([state.last[:, None], d.tokens], axis=1)  # [B, G+1] x_f, d_1..d_G
+    logits, hiddens, large_cache = decoder_block(
+        params[cfg.target.name], cfg.target, state.large_cache, block, f
+    )  # logits[:, i] is p_{f+i+1}
+    greedy = cfg.sampling.greedy
+    p = logits if greedy else probs(logits, cfg.sampling)
+    res = verify(k_verify, d.tokens, d.q, p, d.n_draft, greedy=greedy)
+    k = res.n_accepted  # [B]
+    small_cache = _memory(cfg, params, d.cache, hiddens, f, k + 1)  # x_f and accepted drafts
+    i = jnp.arange(g + 1)[None, :]
+    seq = jnp.concatenate([block, jnp.zeros((b, 1), jnp.int32)], axis=1)  # [B, G+2]
+    seq = jnp.where(jnp.arange(g + 2)[None, :] == k[:, None] + 1, res.next_token[:, None], seq)
+    toks = seq[:, 1:]  # [B, G+1]: accepted drafts, then the correction/bonus at index k
+    a = active.astype(jnp.int32)
+    st = state.stats
+    stats = st.replace(
+        large_calls=st.large_calls + a,
+        small_calls=st.small_calls + d.calls,
+        rounds=st.rounds + a,
+        round_tokens=st.round_tokens + a * (k + 1),
+        accepted_by_pos=st.accepted_by_pos + a[:, None] * res.accepted,
+        drafted_by_pos=st.drafted_by_pos + a[:, None] * (i[:, :g] < d.n_draft[:, None]),
+    )
+    new = _advance(state, seq, k + 1, key=key, large_cache=large_cache,
+                   small_cache=small_cache, stats=stats)  # fmt: skip
+    return emit(cfg, new, toks, k + 1, logits)
+
+
+ROUNDS = {
+    "autoregressive": autoregressive_round,
+    "standalone": standalone_round,
+    "speed": speculative_round,
+    "adaptive": speculative_round,
+}
+
+
+def generate(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> GenerateResult:
+    """The whole generation: prefill, then rounds until every row is done."""
+    state = prefill(cfg, params, prompt, prompt_lens, key)
+    round_fn = ROUNDS[cfg.policy]
+    state = jax.lax.while_loop(
+        lambda s: jnp.any(~s.done), lambda s: round_fn(cfg, params, s), state
+    )
+    return finalize(cfg, state)

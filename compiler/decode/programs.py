@@ -1,0 +1,161 @@
+"""Decode programs from the IR: `make_programs(prog, decode)` -> jitted generate, prefill,
+large_block, small_step and verify, each a pure function of explicit pytrees.
+
+    programs = make_programs(prog, prog.decode)
+    result = programs.generate(params, prompt_tokens, prompt_lens, key)   # GenerateResult
+
+`params` is the dict of `compiler.nn.init_params` ({model name: ..., projection name: ...}).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+
+from compiler.decode import loops
+from compiler.decode.drafting import small_step
+from compiler.decode.rules import ConfidenceRule, FixedRule
+from compiler.decode.state import POLICIES, GenerateResult, LoopConfig
+from compiler.decode.verify import verify
+from compiler.ir import DecodeIR, ProgramIR, SamplingIR
+
+
+def _check_sampling(s: SamplingIR) -> None:
+    if s.temperature < 0:
+        raise ValueError(f"decode.sampling.temperature must be >= 0, got {s.temperature}")
+    if not 0.0 < s.top_p <= 1.0:
+        raise ValueError(f"decode.sampling.top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        raise ValueError(f"decode.sampling.top_k must be >= 0, got {s.top_k}")
+
+
+def _stop_rule(decode: DecodeIR, stop_rule):
+    if stop_rule is not None:
+        return stop_rule
+    a = decode.adaptive
+    if a.rule == "fixed":
+        return FixedRule(min(decode.gamma, a.max_gamma))
+    if a.rule == "confidence":
+        return ConfidenceRule(a.threshold)
+    raise ValueError(
+        f"decode.adaptive.rule {a.rule!r} needs a trained router: pass stop_rule= (a function "
+        "(DraftSignal, params) -> continue mask), or use rule 'confidence' or 'fixed'"
+    )
+
+
+def loop_config(
+    prog: ProgramIR,
+    decode: DecodeIR | None = None,
+    *,
+    stop_rule: Callable | None = None,
+    return_logits: bool = False,
+) -> LoopConfig:
+    """Validate a decode section against the program and build the static loop config."""
+    decode = decode or prog.decode
+    if decode is None:
+        raise ValueError(f"program {prog.name!r} has no decode section")
+    if decode.policy not in POLICIES:
+        raise ValueError(f"decode.policy {decode.policy!r}: expected one of {POLICIES}")
+    if decode.draft_ngram > 0:
+        raise NotImplementedError("prompt-lookup (n-gram) drafting is not implemented yet")
+    if decode.max_new_tokens < 1:
+        raise ValueError(f"decode.max_new_tokens must be >= 1, got {decode.max_new_tokens}")
+    _check_sampling(decode.sampling)
+    target = prog.model(decode.target)
+    common = dict(
+        target=target, sampling=decode.sampling, max_new=decode.max_new_tokens,
+        eos_id=decode.eos_id, return_logits=return_logits,
+    )  # fmt: skip
+    if decode.policy == "autoregressive":
+        return LoopConfig(policy="autoregressive", draft=None, wiring=None, gamma=1, **common)
+
+    if decode.draft is None:
+        raise ValueError(f"decode.policy {decode.policy!r} needs decode.draft (a model name)")
+    draft = prog.model(decode.draft)
+    wiring = prog.wiring_of(draft.name)
+    tandem = wiring is not None and wiring.kind != "none"
+    if tandem and wiring.memory != target.name:
+        raise ValueError(
+            f"model {draft.name!r} reads memory from {wiring.memory!r}, not the target "
+            f"{target.name!r}"
+        )
+    if draft.vocab != target.vocab:
+        raise ValueError(
+            f"draft {draft.name!r} vocab {draft.vocab} != target {target.name!r} vocab "
+            f"{target.vocab}: speculative decoding needs one vocabulary"
+        )
+    if decode.gamma < 1:
+        raise ValueError(f"decode.gamma must be >= 1, got {decode.gamma}")
+    if decode.policy == "standalone":
+        if not tandem:
+            raise ValueError(
+                f"standalone Tandem needs a tandem wiring for {draft.name!r}; for the small "
+                "model alone use policy 'autoregressive' with target: " + draft.name
+            )
+        return LoopConfig(policy="standalone", draft=draft, wiring=wiring, gamma=decode.gamma,
+                          free_token=decode.free_token, **common)  # fmt: skip
+    if decode.policy == "speed":
+        return LoopConfig(policy="speed", draft=draft, wiring=wiring, gamma=decode.gamma,
+                          **common)  # fmt: skip
+    if decode.adaptive is None:
+        raise ValueError("decode.policy 'adaptive' needs a decode.adaptive section")
+    return LoopConfig(policy="adaptive", draft=draft, wiring=wiring,
+                      gamma=decode.adaptive.max_gamma, stop_rule=_stop_rule(decode, stop_rule),
+                      **common)  # fmt: skip
+
+
+class DecodePrograms(NamedTuple):
+    """Jitted programs of one decode config. Caches are donated where they are threaded."""
+
+    config: LoopConfig
+    generate: Callable[..., GenerateResult]  # (params, prompt [B, P], lens [B], key)
+    prefill: Callable  # (params, prompt, lens, key) -> LoopState
+    large_block: Callable  # (params, large_cache, small_cache, tokens, start, count)
+    small_step: Callable  # (params, small_cache, tokens, start) -> (logits, small_cache)
+    verify: Callable  # (key, draft [B, G], q [B, G, V] | None, p [B, G+1, V], n_draft [B])
+
+
+@functools.lru_cache(maxsize=64)
+def programs_for(cfg: LoopConfig, compiler_options: tuple = ()) -> DecodePrograms:
+    """One set of jitted programs per static config (cached: equal configs share compiles).
+
+    compiler_options: XLA options as (name, value) pairs, e.g.
+    (("xla_backend_optimization_level", 0),) compiles ~2x faster and runs slower (tests).
+    """
+    greedy = cfg.sampling.greedy
+    jit = partial(jax.jit, compiler_options=dict(compiler_options) or None)
+    return DecodePrograms(
+        config=cfg,
+        generate=jit(partial(loops.generate, cfg)),
+        prefill=jit(partial(loops.prefill, cfg)),
+        large_block=jit(partial(loops.large_block, cfg), donate_argnums=(1, 2)),
+        small_step=jit(partial(small_step, cfg), donate_argnums=(1,)),
+        verify=jit(partial(verify, greedy=greedy)),
+    )
+
+
+def make_programs(
+    prog: ProgramIR,
+    decode: DecodeIR | None = None,
+    *,
+    stop_rule: Callable | None = None,
+    return_logits: bool = False,
+    compiler_options: dict | None = None,
+) -> DecodePrograms:
+    cfg = loop_config(prog, decode, stop_rule=stop_rule, return_logits=return_logits)
+    return programs_for(cfg, tuple(sorted((compiler_options or {}).items())))
+
+
+def make_generate(prog: ProgramIR, decode: DecodeIR | None = None, **kw):
+    """fn(params, prompt_tokens [B, P], prompt_lens [B], key) -> GenerateResult (jitted)."""
+    return make_programs(prog, decode, **kw).generate
+
+
+def with_decode(prog: ProgramIR, **changes) -> DecodeIR:
+    """prog.decode with fields replaced (e.g. policy="autoregressive") - handy for baselines."""
+    return dataclasses.replace(prog.decode, **changes)

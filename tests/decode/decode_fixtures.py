@@ -1,0 +1,107 @@
+"""Tiny programs for the decode tests (float32, d <= 64, <= 3 layers, vocab <= 64)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compiler.decode import make_generate
+from compiler.ir import DecodeIR, DecoderIR, ProgramIR, ProjectionIR, SamplingIR, WiringIR
+from compiler.nn import init_params
+
+VOCAB = 61
+MAX_LEN = 96
+# Tests compile many small programs; XLA's -O0 backend halves compile time (2x slower to run,
+# irrelevant at this size). Equalities are checked between programs compiled the same way.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def generator(prog: ProgramIR, decode: DecodeIR, **kw):
+    return make_generate(prog, decode, compiler_options=FAST_COMPILE, **kw)
+
+
+def decoder(name: str, d: int, layers: int, heads: int = 4, kv: int = 2, **kw) -> DecoderIR:
+    return DecoderIR(name=name, vocab=kw.pop("vocab", VOCAB), d_model=d, n_layers=layers,
+                     n_heads=heads, n_kv_heads=kv, d_ff=2 * d, max_len=MAX_LEN, **kw)  # fmt: skip
+
+
+def tandem(small: DecoderIR, large: DecoderIR, layer_map) -> WiringIR:
+    proj = ProjectionIR(name="l2s", kind="linear", d_in=large.d_model, d_out=small.d_model)
+    return WiringIR(kind="tandem", query=small.name, memory=large.name,
+                    layer_map=tuple(layer_map), projection=proj)  # fmt: skip
+
+
+def independent(small: DecoderIR) -> WiringIR:
+    return WiringIR(kind="none", query=small.name, memory=None,
+                    layer_map=(None,) * small.n_layers, projection=None)  # fmt: skip
+
+
+def program(kind: str = "tandem", *, vocab: int = VOCAB, large_kw=None, small_kw=None):
+    """kind: tandem (all layers wired) | partial (one unwired small layer) | independent |
+    copy (the drafter is an independent copy of the large model's architecture)."""
+    large = decoder("large", 48, 2, vocab=vocab, **(large_kw or {}))
+    if kind == "copy":
+        small = decoder("small", 48, 2, vocab=vocab, **(large_kw or {}))
+    else:
+        small = decoder("small", 32, 2, heads=4, kv=4, vocab=vocab, **(small_kw or {}))
+    if kind == "tandem":
+        wiring = tandem(small, large, (1, 2))
+    elif kind == "partial":
+        wiring = tandem(small, large, (2, None))
+    else:
+        wiring = independent(small)
+    return ProgramIR(name=f"decode-{kind}", models=(large, small), wirings=(wiring,), train=(),
+                     decode=None, batch=4, max_len=MAX_LEN)  # fmt: skip
+
+
+def decode_ir(policy: str, *, gamma=3, temperature=0.0, top_k=0, top_p=1.0, max_new=12,
+              free_token=True, adaptive=None, eos_id=-1, target="large") -> DecodeIR:  # fmt: skip
+    return DecodeIR(
+        policy=policy, target=target, draft=None if policy == "autoregressive" else "small",
+        gamma=gamma, free_token=free_token, adaptive=adaptive,
+        sampling=SamplingIR(temperature=temperature, top_k=top_k, top_p=top_p),
+        max_new_tokens=max_new, eos_id=eos_id,
+    )  # fmt: skip
+
+
+def params_for(prog: ProgramIR, seed: int = 0, head_scale: float = 1.0) -> dict:
+    """Random params; head_scale > 1 sharpens every model's output distribution."""
+    params = init_params(prog, jax.random.key(seed))
+    for m in prog.models:
+        if head_scale != 1.0 and "lm_head" in params[m.name]:
+            params[m.name]["lm_head"]["w"] = params[m.name]["lm_head"]["w"] * head_scale
+    return params
+
+
+def copy_large_into_small(params: dict) -> dict:
+    """An independent drafter that agrees with the large model exactly (oracle drafts)."""
+    out = dict(params)
+    out["small"] = jax.tree.map(lambda x: x, params["large"])
+    return out
+
+
+def prompts(batch: int, lens, p_max: int, seed: int = 0):
+    toks = jax.random.randint(jax.random.key(seed + 100), (batch, p_max), 0, VOCAB)
+    lens = jnp.asarray(lens, jnp.int32)
+    toks = jnp.where(jnp.arange(p_max)[None] < lens[:, None], toks, 0)
+    return toks.astype(jnp.int32), lens
+
+
+def rows(result) -> list[list[int]]:
+    toks, lens = np.asarray(result.tokens), np.asarray(result.lengths)
+    return [toks[b, : lens[b]].tolist() for b in range(toks.shape[0])]
+
+
+def noisy_copy_into_small(params: dict, noise: float, seed: int = 1) -> dict:
+    """An independent drafter that mostly agrees with the large model: its weights plus
+    relative Gaussian noise, so acceptance is high but ragged across rows and rounds."""
+    leaves, tree = jax.tree.flatten(params["large"])
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    noisy = [
+        x + noise * jnp.std(x) * jax.random.normal(k, x.shape)
+        for x, k in zip(leaves, keys, strict=True)
+    ]
+    out = dict(params)
+    out["small"] = jax.tree.unflatten(tree, noisy)
+    return out
