@@ -20,7 +20,8 @@ def init_params(prog: ProgramIR, rng) -> dict:
     """{model name: decoder params, projection name: projection params}.
 
     A projection is initialized in its query (small) model's dtype. Names must be unique
-    across models and projections.
+    across models and projections. Each part's values depend only on rng and its own name
+    and shapes.
     """
     params = {}
     for cfg in prog.models:

@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_ir import VOCAB, large_cfg, small_cfg
+from tiny_ir import VOCAB, jit, large_cfg, small_cfg
 
 from compiler.nn import decoder_block, decoder_forward, init_cache, init_decoder
 from compiler.nn.attention import write_rows
 
 ATOL = 2e-5
-forward = jax.jit(decoder_forward, static_argnums=(1,))
-block = jax.jit(decoder_block, static_argnums=(1,))
+forward = jit(decoder_forward, static_argnums=(1,))
+block = jit(decoder_block, static_argnums=(1,))
 
 CONFIGS = {
     "llama-gqa": large_cfg(),

@@ -1,0 +1,154 @@
+"""What a training stage computes: which models take part, and the loss.
+
+Objectives (ObjectiveIR.kind):
+- ce on a model without a Tandem wiring: language modelling (e.g. the large model from
+  scratch, or a small model alone).
+- ce on a Tandem small model: Tandem-CE. The large (memory) model runs once causally over
+  the sequence (stop_gradient on its hiddens when frozen), then `tandem_forward` with the
+  training frontier from the wiring's block settings.
+- distil: (1 - w) * CE + w * CE(softmax(z_teacher / τ), p_model). The teacher defaults to
+  the Tandem memory model; an independent drafter (wiring kind none) names its teacher.
+  When the teacher is the memory model its logits come from the same large pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+
+from compiler.ir import DecoderIR, ProgramIR, TrainStageIR, WiringIR
+from compiler.nn import decoder_forward, tandem_forward, training_frontier
+from compiler.train.losses import accuracy, agreement, cross_entropy, distil_loss
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The resolved roles of one stage."""
+
+    stage: TrainStageIR
+    model: DecoderIR  # whose outputs the loss is on
+    wiring: WiringIR | None  # its Tandem wiring (kind tandem), else None
+    memory: DecoderIR | None  # the large model it reads
+    teacher: DecoderIR | None  # distillation teacher
+    trainable: tuple[str, ...]
+
+    @property
+    def learnable(self) -> tuple[str, ...]:
+        """Params the loss can send gradients to: the model, and for Tandem its memory
+        model and projection. A distillation teacher is only a target."""
+        if self.wiring is None:
+            return (self.model.name,)
+        return (self.model.name, self.memory.name, self.wiring.projection.name)
+
+    @property
+    def reference(self) -> DecoderIR | None:
+        """Whose argmax the eval agreement compares with: the teacher, else the memory."""
+        return self.teacher or self.memory
+
+    def frozen(self, name: str) -> bool:
+        return name not in self.trainable
+
+
+def plan_stage(prog: ProgramIR, stage: TrainStageIR) -> StagePlan:
+    obj = stage.objective
+    names = {m.name for m in prog.models}
+    if obj.model not in names:
+        raise ValueError(f"stage {stage.name!r}: objective model {obj.model!r} is not a model")
+    if obj.kind not in ("ce", "distil"):
+        raise ValueError(f"stage {stage.name!r}: unknown objective kind {obj.kind!r}")
+    model = prog.model(obj.model)
+    wiring = prog.wiring_of(obj.model)
+    if wiring is not None and wiring.kind == "none":
+        wiring = None
+    memory = prog.model(wiring.memory) if wiring is not None else None
+    teacher = None
+    if obj.kind == "distil":
+        teacher_name = obj.teacher or (memory.name if memory is not None else None)
+        if teacher_name is None:
+            raise ValueError(
+                f"stage {stage.name!r}: distil on {obj.model!r} needs a teacher "
+                "(the model is not wired to a large model)"
+            )
+        if teacher_name not in names:
+            raise ValueError(f"stage {stage.name!r}: teacher {teacher_name!r} is not a model")
+        teacher = prog.model(teacher_name)
+    plan = StagePlan(stage, model, wiring, memory, teacher, tuple(stage.trainable))
+    if not stage.trainable:
+        raise ValueError(f"stage {stage.name!r}: nothing is trainable")
+    unused = [n for n in stage.trainable if n not in plan.learnable]
+    if unused:
+        raise ValueError(
+            f"stage {stage.name!r}: trainable {unused} get no gradient from the objective "
+            f"(it can train {list(plan.learnable)}; a distillation teacher is only a target)"
+        )
+    return plan
+
+
+def forward(plan: StagePlan, params: dict, inputs: jax.Array, frontier_rng, block=None):
+    """inputs [B, T] -> (logits [B, T, V], reference logits [B, T, V] or None).
+
+    params: every model/projection by name; frozen ones must already be stop_gradient-ed.
+    frontier_rng: for a sampled block length / random offset (None: the fixed grid).
+    block: evaluate on the fixed grid with this γ instead of the wiring's settings.
+    """
+    b, t = inputs.shape
+    memory_logits = None
+    if plan.wiring is not None:
+        w = plan.wiring
+        memory_logits, hiddens = decoder_forward(params[plan.memory.name], plan.memory, inputs)
+        if plan.frozen(plan.memory.name):
+            hiddens = jax.lax.stop_gradient(hiddens)
+        if block is not None:
+            frontier = training_frontier(b, t, block)
+        else:
+            frontier = training_frontier(b, t, w.block, w.block_max, w.random_offset, frontier_rng)
+        proj = params.get(w.projection.name)
+        logits = tandem_forward(
+            params[plan.model.name], proj, plan.model, w, hiddens, inputs, frontier
+        )
+    else:
+        logits = decoder_forward(params[plan.model.name], plan.model, inputs)[0]
+    reference = None
+    if plan.teacher is not None:
+        if plan.memory is not None and plan.teacher == plan.memory:
+            reference = memory_logits
+        else:
+            reference = decoder_forward(params[plan.teacher.name], plan.teacher, inputs)[0]
+    elif memory_logits is not None:
+        reference = memory_logits
+    if reference is not None:
+        reference = jax.lax.stop_gradient(reference)
+    return logits, reference
+
+
+def loss_and_metrics(plan: StagePlan, logits, reference, targets) -> tuple[jax.Array, dict]:
+    obj = plan.stage.objective
+    metrics = {"accuracy": accuracy(logits, targets)}
+    if obj.kind == "distil":
+        loss, parts = distil_loss(logits, targets, reference, obj.weight, obj.temperature)
+        metrics.update(parts)
+    else:
+        loss = cross_entropy(logits, targets)
+        metrics["ce"] = loss
+    if reference is not None:
+        metrics["agreement"] = agreement(logits, reference)
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+def make_loss_fn(prog: ProgramIR, stage: TrainStageIR, block: int | None = None):
+    """loss_fn(params, batch [B, T + 1], rng) -> (loss, metrics).
+
+    params holds every model/projection by name; those not in stage.trainable are wrapped
+    in stop_gradient, so even a gradient taken w.r.t. all params is zero for them.
+    """
+    plan = plan_stage(prog, stage)
+
+    def loss_fn(params: dict, batch: jax.Array, rng) -> tuple[jax.Array, dict]:
+        params = {k: (jax.lax.stop_gradient(v) if plan.frozen(k) else v) for k, v in params.items()}
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits, reference = forward(plan, params, inputs, rng, block)
+        return loss_and_metrics(plan, logits, reference, targets)
+
+    return loss_fn

@@ -1,0 +1,92 @@
+"""Train and eval programs: pure, jittable functions of explicit state.
+
+Train state (a dict pytree, checkpointable as is):
+  step:      int32 []
+  params:    {name: tree} for the stage's trainable models and projections
+  frozen:    {name: tree} for every other model / projection (no optimizer state)
+  opt_state: the optax state of `params` only
+
+`train_step(state, batch [B, T + 1] int32, rng) -> (state, metrics)` and
+`eval_step(state, batch) -> metrics` are returned un-jitted; callers wrap them with
+`jax.jit` (donating the state in the train step).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from compiler.ir import ProgramIR, TrainStageIR
+from compiler.train.objective import make_loss_fn, plan_stage
+from compiler.train.optim import make_optimizer, make_schedule
+
+
+def all_params(state: dict) -> dict:
+    """Every model and projection by name (trainable and frozen together)."""
+    return {**state["frozen"], **state["params"]}
+
+
+def init_train_state(prog: ProgramIR, stage: TrainStageIR, params: dict) -> dict:
+    """Split `params` (from `compiler.nn.init_params` or a checkpoint) into trainable and
+    frozen parts and build the optimizer state for the trainable part only."""
+    plan_stage(prog, stage)  # validates the stage
+    missing = [n for n in stage.trainable if n not in params]
+    if missing:
+        raise ValueError(f"stage {stage.name!r}: no params for trainable {missing}")
+    trainable = {k: v for k, v in params.items() if k in stage.trainable}
+    frozen = {k: v for k, v in params.items() if k not in stage.trainable}
+    opt = make_optimizer(stage.optimizer, stage.steps)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": trainable,
+        "frozen": frozen,
+        "opt_state": opt.init(trainable),
+    }
+
+
+def make_train_step(prog: ProgramIR, stage: TrainStageIR):
+    """train_step(state, batch [B, T + 1] int32, rng) -> (state, metrics).
+
+    metrics: loss, ce, accuracy, (distil, agreement when the objective has a teacher or a
+    memory model), grad_norm (before clipping), lr.
+    """
+    loss_fn = make_loss_fn(prog, stage)
+    opt = make_optimizer(stage.optimizer, stage.steps)
+    schedule = make_schedule(stage.optimizer, stage.steps)
+
+    def train_step(state: dict, batch: jax.Array, rng) -> tuple[dict, dict]:
+        def loss_of_trainable(trainable):
+            return loss_fn({**state["frozen"], **trainable}, batch, rng)
+
+        grads, metrics = jax.grad(loss_of_trainable, has_aux=True)(state["params"])
+        updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
+        new_state = {
+            "step": state["step"] + 1,
+            "params": optax.apply_updates(state["params"], updates),
+            "frozen": state["frozen"],
+            "opt_state": opt_state,
+        }
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(prog: ProgramIR, stage: TrainStageIR, block: int | None = None):
+    """eval_step(state, batch [B, T + 1] int32) -> metrics: loss, ce, accuracy and, when the
+    objective has a teacher or a Tandem memory model, agreement (argmax equal to its argmax).
+
+    Deterministic: a Tandem model is evaluated on the fixed grid f(t) = floor(t/γ)*γ with
+    γ = `block` (default: the wiring's training block), so larger γ can be measured.
+    """
+    plan = plan_stage(prog, stage)
+    if block is None and plan.wiring is not None:
+        block = plan.wiring.block
+    loss_fn = make_loss_fn(prog, stage, block=block)
+
+    def eval_step(state: dict, batch: jax.Array) -> dict:
+        _, metrics = loss_fn(all_params(state), batch, None)
+        return metrics
+
+    return eval_step
