@@ -37,14 +37,14 @@ def independent(small: DecoderIR) -> WiringIR:
                     layer_map=(None,) * small.n_layers, projection=None)  # fmt: skip
 
 
-def program(kind: str = "tandem", *, vocab: int = VOCAB, large_kw=None, small_kw=None):
+def program(kind: str = "tandem", *, vocab: int = VOCAB, d_large: int = 48, d_small: int = 32):
     """kind: tandem (all layers wired) | partial (one unwired small layer) | independent |
     copy (the drafter is an independent copy of the large model's architecture)."""
-    large = decoder("large", 48, 2, vocab=vocab, **(large_kw or {}))
+    large = decoder("large", d_large, 2, vocab=vocab)
     if kind == "copy":
-        small = decoder("small", 48, 2, vocab=vocab, **(large_kw or {}))
+        small = decoder("small", d_large, 2, vocab=vocab)
     else:
-        small = decoder("small", 32, 2, heads=4, kv=4, vocab=vocab, **(small_kw or {}))
+        small = decoder("small", d_small, 2, heads=4, kv=4, vocab=vocab)
     if kind == "tandem":
         wiring = tandem(small, large, (1, 2))
     elif kind == "partial":
