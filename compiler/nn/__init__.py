@@ -6,6 +6,7 @@ pytrees, passed in and returned.
 """
 
 from compiler.nn.attention import cache_mask, causal_mask, tandem_mask
+from compiler.nn.axes import logical_axes
 from compiler.nn.decoder import (
     decoder_block,
     decoder_forward,
@@ -31,6 +32,7 @@ __all__ = [
     "init_decoder",
     "init_params",
     "init_projection",
+    "logical_axes",
     "project",
     "run_layers",
     "small_block",

@@ -17,6 +17,7 @@ Tandem [projected ; own] context (`compiler.nn.tandem`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 
@@ -35,6 +36,7 @@ from compiler.nn.attention import (
     write_rows,
 )
 from compiler.nn.layers import (
+    DTYPES,
     dtype_of,
     embed,
     init_embed,
@@ -54,17 +56,32 @@ Context = Callable[[int, dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array
 
 def init_decoder(cfg: DecoderIR, rng) -> dict:
     """Random decoder params: one N(0, 1) draw shared out to every matrix."""
-    if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads:
-        raise ValueError(
-            f"model {cfg.name!r}: d_model {cfg.d_model} / n_heads {cfg.n_heads} / "
-            f"n_kv_heads {cfg.n_kv_heads} must divide evenly"
-        )
-    return _init_decoder(cfg, rng)
+    validate(cfg)
+    # the name and trainability do not change the tree: same-shaped models share a compile
+    return _init_decoder(dataclasses.replace(cfg, name="", trainable=True), rng)
 
 
 @partial(jax.jit, static_argnums=0)
 def _init_decoder(cfg: DecoderIR, rng) -> dict:
     return materialize(decoder_spec(cfg), rng)
+
+
+def validate(cfg: DecoderIR) -> None:
+    """Options the model code supports (the spec checks say the same, with locations)."""
+    choices = {
+        "norm": ("rmsnorm", "layernorm"),
+        "mlp": ("swiglu", "gelu"),
+        "pos": ("rope", "learned"),
+        "dtype": tuple(DTYPES),
+    }
+    for field, allowed in choices.items():
+        if getattr(cfg, field) not in allowed:
+            raise ValueError(f"model {cfg.name!r}: {field} must be one of {allowed}")
+    if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.n_kv_heads:
+        raise ValueError(
+            f"model {cfg.name!r}: d_model {cfg.d_model} / n_heads {cfg.n_heads} / "
+            f"n_kv_heads {cfg.n_kv_heads} must divide evenly"
+        )
 
 
 def decoder_spec(cfg: DecoderIR) -> dict:

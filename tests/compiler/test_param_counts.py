@@ -10,7 +10,14 @@ import pytest
 from tiny_ir import large_cfg, program, small_cfg, tandem_wiring
 
 from compiler.ir import ProjectionIR, WiringIR
-from compiler.nn import decoder_block, init_cache, init_decoder, init_params, init_projection
+from compiler.nn import (
+    decoder_block,
+    init_cache,
+    init_decoder,
+    init_params,
+    init_projection,
+    logical_axes,
+)
 
 KEY = jax.random.PRNGKey(0)
 
@@ -40,7 +47,7 @@ def test_decoder_param_count(name):
 
 
 def test_real_init_matches_count_and_is_deterministic():
-    cfg = DECODERS["gpt-layernorm-gelu-learned"]
+    cfg = small_cfg(norm="layernorm", mlp="gelu", pos="learned", tie_embeddings=True)
     a, b = init_decoder(cfg, KEY), init_decoder(cfg, KEY)
     assert n_params(a) == cfg.param_count
     assert all(
@@ -132,3 +139,27 @@ def test_flops_formula_and_compiled_cost():
     cost = compiled.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     assert 0.95 < cost["flops"] / cfg.flops_per_token(s) < 1.15
+
+
+def test_logical_axes_cover_every_param_and_cache():
+    large, small = large_cfg(), small_cfg(pos="learned", norm="layernorm")
+    wiring = tandem_wiring(small, large, (2, 3), kind="mlp", bias=True, hidden=16)
+    prog = program([large, small], [wiring])
+    params = jax.eval_shape(lambda k: init_params(prog, k), KEY)
+    axes = logical_axes(params)
+    leaves = jax.tree.leaves(params)
+    axes_leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    assert len(axes_leaves) == len(leaves)
+    for a, x in zip(axes_leaves, leaves, strict=True):
+        assert len(a) == x.ndim
+    assert axes["large"]["layers_1"]["attn"]["wk"] == ("embed", "kv_heads", "head_dim")
+    assert axes["l2s"]["layers_0"]["w_in"] == (None, "mlp")
+    cache_axes = logical_axes(init_cache(large, 1, 4))
+    assert cache_axes[0]["k"] == ("batch", "length", "kv_heads", "head_dim")
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="'small'.*norm"):
+        init_decoder(small_cfg(norm="batchnorm"), KEY)
+    with pytest.raises(ValueError, match="divide"):
+        init_decoder(small_cfg(n_heads=3), KEY)
