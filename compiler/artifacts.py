@@ -71,6 +71,25 @@ def _cost(compiled) -> dict:
     return out
 
 
+_REGISTERED: set[type] = set()
+
+
+def _register_namedtuples(tree) -> None:
+    """Lets jax.export serialize pytrees with NamedTuple nodes (e.g. optax states)."""
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        cls = type(tree)
+        if cls not in _REGISTERED:
+            _REGISTERED.add(cls)
+            jax.export.register_namedtuple_serialization(
+                cls, serialized_name=f"{cls.__module__}.{cls.__qualname__}"
+            )
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, list | tuple):
+        for item in tree:
+            _register_namedtuples(item)
+
+
 def lower_program(
     p: ProgramDef, platforms: tuple[str, ...] = ("cpu",), compile_local: bool = True
 ) -> CompiledProgram:
@@ -88,7 +107,12 @@ def lower_program(
         out.cost = _cost(lowered.compile())
         out.seconds["compile"] = time.perf_counter() - start
     start = time.perf_counter()
-    exported = jax.export.export(jitted, platforms=platforms)(*p.args)
+    _register_namedtuples(p.args)
+    # Outputs are exported as their flat list of leaves (order: jax.tree.leaves), so any
+    # result type deserializes; `out_tree` records the structure.
+    flat = jax.jit(lambda *a: jax.tree.leaves(p.fn(*a)))
+    exported = jax.export.export(flat, platforms=platforms)(*p.args)
+    out.cost["out_tree"] = str(jax.tree.structure(jax.eval_shape(p.fn, *p.args)))
     out.exported[",".join(platforms)] = bytes(exported.serialize())
     out.seconds["export"] = time.perf_counter() - start
     return out
@@ -110,5 +134,6 @@ def write_program(out_dir: Path, c: CompiledProgram, emit: set[str]) -> list[Pat
 
 
 def load_exported(path: str | Path):
-    """A serialized program back as a callable `jax.export.Exported` (`.call(*args)`)."""
+    """A serialized program back as a `jax.export.Exported`: `.call(*args)` returns the
+    program's outputs as a flat list (`jax.tree.leaves` order)."""
     return jax.export.deserialize(bytearray(Path(path).read_bytes()))

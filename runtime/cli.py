@@ -11,13 +11,10 @@ import json
 import sys
 import time
 
+from runtime.errors import UserError
 from tandem_dsl.diagnostics import SpecError
 
 EXIT_USER_ERROR = 2
-
-
-class UserError(Exception):
-    """A one-paragraph user-facing error (bad prompt, missing checkpoint, ...)."""
 
 
 def _version() -> str:
@@ -113,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after flags (`render SPEC --resolved a.b=1`): argparse leaves them over.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any(x.startswith("-") for x in extra):
+        field = "overrides" if hasattr(args, "overrides") else "rest"
+        if not hasattr(args, field) or any(x.startswith("-") for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
+        setattr(args, field, [*getattr(args, field), *extra])
     try:
         return args.fn(args)
     except SpecError as e:

@@ -11,7 +11,7 @@ def cmd_compile(args) -> int:
     from compiler.build import format_ir
     from compiler.driver import EMITS, compile_spec
     from compiler.plan import format_plan
-    from runtime.cli import UserError
+    from runtime.errors import UserError
 
     console = Console(highlight=False, soft_wrap=True)
     emit = tuple(args.emit.split(",")) if args.emit else EMITS
@@ -44,7 +44,7 @@ def cmd_compile(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from compiler.driver import STAGES
+    from compiler.stages import STAGES
 
     p = sub.add_parser("compile", help="lower a spec to jitted programs and write artifacts")
     p.add_argument("spec", help="the spec file (YAML)")
@@ -59,3 +59,80 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stop-after", choices=STAGES, default="compile", help="stop after a stage")
     p.set_defaults(fn=cmd_compile)
+    register_run(sub)
+
+
+RUN_STAGES = ("train", "generate", "eval", "bench")
+DEFAULT_PROMPT = 'def read_config(path):\n    """Read a configuration file and return a dict."""\n'
+
+
+def _prompts(args) -> list[str]:
+    from runtime.errors import UserError
+
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        try:
+            prompts.append(open(args.prompt_file, encoding="utf-8").read())
+        except UnicodeDecodeError:
+            raise UserError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
+        except OSError as e:
+            raise UserError(f"cannot read prompt file {args.prompt_file}: {e.strerror}") from None
+    return prompts or [DEFAULT_PROMPT]
+
+
+def cmd_run(args) -> int:
+    import json
+
+    from runtime import report, run
+
+    stage, overrides = None, list(args.rest)
+    if overrides and overrides[0] in RUN_STAGES:
+        stage = overrides.pop(0)
+    r = run.open_run(args.spec, overrides, args.run_dir, log=report.console.print)
+    prompts = _prompts(args)
+    out: dict = {"spec": r.spec.name, "run_dir": str(r.run_dir)}
+    if stage in (None, "train") and r.prog.train:
+        results = run.train(r, progress=report.stage_progress)
+        report.print_train_summary(results)
+        out["train"] = [report.stage_row(x) for x in results]
+    if stage == "generate":
+        g = run.generate(r, prompts)
+        report.print_generation(r, prompts, g)
+        out["generate"] = {"texts": g.texts, "seconds": g.seconds, **g.stats}
+    if stage == "eval":
+        out["eval"] = run.evaluate_stages(r)
+        report.print_eval(out["eval"])
+    if stage == "bench" or (stage is None and r.prog.decode is not None):
+        if r.prog.decode.policy == "autoregressive":
+            g = run.generate(r, prompts)
+            report.print_generation(r, prompts, g)
+            out["generate"] = {"texts": g.texts, "seconds": g.seconds, **g.stats}
+        else:
+            cmp = run.compare(r, prompts)
+            report.print_comparison(r, prompts, cmp)
+            out["compare"] = cmp
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+def register_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="train, generate, evaluate or benchmark what a spec describes",
+        description="With no STAGE: train the spec's stages (completed ones are skipped), then "
+        "compare autoregressive decoding with the spec's decode policy.",
+    )
+    p.add_argument("spec", help="the spec file (YAML)")
+    p.add_argument(
+        "rest",
+        nargs="*",
+        metavar="[STAGE] OVERRIDES",
+        help=f"optional stage ({', '.join(RUN_STAGES)}), then overrides a.b=1 +a.new=2 ~a.b",
+    )
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable: one batch)")
+    p.add_argument("--prompt-file", help="read a prompt from a UTF-8 file")
+    p.add_argument("--run-dir", help="where checkpoints and reports go (default runs/<name>)")
+    p.add_argument("--json", help="write machine-readable results to this file")
+    p.set_defaults(fn=cmd_run)

@@ -1,0 +1,118 @@
+"""What `tandemc run` prints: progress bars, summary tables, comparisons."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def stage_progress(stage):
+    """A progress callback for one stage: step, loss, tokens/s and ETA on one bar."""
+    progress = Progress(
+        TextColumn(f"[bold]{stage.name:<10}[/bold]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    task = None
+
+    def update(step, total, loss, tokens_per_s):
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task(stage.name, total=total, completed=step - 1, loss=loss, tps=0)
+        progress.update(task, completed=step, loss=loss, tps=tokens_per_s)
+        if step >= total:
+            progress.stop()
+
+    return update
+
+
+def stage_row(result) -> dict:
+    m = result.metrics
+    return {
+        "stage": result.name,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "tokens_per_s": round(result.tokens_per_s),
+        "skipped": result.skipped,
+        **{k: round(v, 4) for k, v in m.items() if k in ("loss", "accuracy", "agreement")},
+    }
+
+
+def print_train_summary(results) -> None:
+    table = Table(title="training")
+    for col in ("stage", "steps", "time", "tok/s", "val loss", "val acc", "agreement"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for r in results:
+        m = r.metrics
+        table.add_row(
+            r.name,
+            str(r.steps),
+            "done before" if r.skipped else f"{r.seconds:.0f} s",
+            "-" if r.skipped else f"{r.tokens_per_s:,.0f}",
+            f"{m['loss']:.3f}" if "loss" in m else "-",
+            f"{m['accuracy']:.3f}" if "accuracy" in m else "-",
+            f"{m['agreement']:.3f}" if "agreement" in m else "-",
+        )
+    console.print(table)
+
+
+def print_generation(r, prompts, g) -> None:
+    for prompt, text in zip(prompts, g.texts, strict=False):
+        console.print(f"[dim]{prompt}[/dim]{text}", markup=False)
+    s = g.stats
+    console.print(
+        f"{s['tokens']} tokens in {g.seconds * 1000:.0f} ms ({s['tokens_per_s']:,.0f} tok/s), "
+        f"tau {s['tau']:.2f}, large calls/token {s['large_calls_per_token']:.2f}, "
+        f"small calls/token {s['small_calls_per_token']:.2f}"
+    )
+
+
+def print_eval(rows: dict) -> None:
+    table = Table(title="evaluation (validation split)")
+    for col in ("stage", "loss", "accuracy", "agreement"):
+        table.add_column(col)
+    for name, m in rows.items():
+        table.add_row(
+            name, *(f"{m[k]:.4f}" if k in m else "-" for k in ("loss", "accuracy", "agreement"))
+        )
+    console.print(table)
+
+
+def print_comparison(r, prompts, c: dict) -> None:
+    d = r.prog.decode
+    console.print(
+        f"\n[bold]{r.spec.name}[/bold]: autoregressive {d.target} vs {c['policy']} "
+        f"(draft {d.draft}, gamma {d.gamma}), "
+        + ("greedy" if d.sampling.greedy else f"T={d.sampling.temperature}")
+        + f", {len(prompts)} prompt(s) x {d.max_new_tokens} tokens"
+    )
+    table = Table()
+    for col in ("decoding", "tokens/s", "speedup", "tau", "M_L calls/token", "M_S calls/token"):
+        table.add_column(col, justify="right" if col != "decoding" else "left")
+    for name, s, speed in (
+        ("autoregressive", c["baseline"], 1.0),
+        (c["policy"], c["ours"], c["speedup"]),
+    ):
+        table.add_row(
+            name,
+            f"{s['tokens_per_s']:,.0f}",
+            f"{speed:.2f}x",
+            f"{s['tau']:.2f}" if s["rounds"] else "-",
+            f"{s['large_calls_per_token']:.3f}",
+            f"{s['small_calls_per_token']:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"identical output: {'yes' if c['identical'] else 'NO'}  (tau counts the bonus token)"
+    )
+    console.print("[dim]sample:[/dim]", markup=True)
+    console.print(prompts[0] + c["text"][0], markup=False)

@@ -1,0 +1,257 @@
+"""`tandemc run`: what a spec's sections ask for, callable from Python with the same names.
+
+from runtime import run
+r = run.open_run("specs/quickstart.yaml")
+run.train(r)                            # every train stage (completed ones are skipped)
+out = run.generate(r, ["def main("])    # texts, tokens and statistics
+table = run.compare(r, ["def main("])   # autoregressive vs the spec's policy
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compiler import nn
+from compiler.build import build_ir
+from compiler.decode import make_generate
+from compiler.ir import DecodeIR, ProgramIR
+from tandem_dsl import api
+
+from . import checkpoint
+from .errors import UserError
+from .train import StageResult, train_stage
+
+
+@dataclass
+class Run:
+    spec: object
+    prog: ProgramIR
+    run_dir: Path
+    tokenizer: object
+    log: object = print  # log(str): progress and tables go here
+    params: dict | None = None
+
+
+def open_run(spec_path, overrides=(), run_dir: str | Path | None = None, log=print) -> Run:
+    """Loads and checks a spec (SpecError on bad input) and prepares its run directory."""
+    from .tokenizer import make_tokenizer
+
+    spec = api.load(spec_path, overrides)
+    prog = build_ir(spec)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / spec.name
+    t = spec.tokenizer
+    if t.kind == "bpe":
+        raise UserError("tokenizer kind 'bpe' is not wired into `tandemc run` yet; use byte")
+    try:
+        tokenizer = make_tokenizer(t.kind, t.vocab_size, t.path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return Run(spec, prog, run_dir, tokenizer, log)
+
+
+# --- parameters ------------------------------------------------------------------------
+
+
+def initial_params(r: Run) -> dict:
+    """Random init, then every model whose spec says `init: {from: checkpoint}` loaded."""
+    params = nn.init_params(r.prog, jax.random.PRNGKey(0))
+    for name, m in r.spec.models.items():
+        source = m.init.from_
+        if source == "random":
+            if m.init.seed:
+                one = dataclasses.replace(r.prog, models=(r.prog.model(name),), wirings=())
+                params[name] = nn.init_params(one, jax.random.PRNGKey(m.init.seed))[name]
+        elif source == "checkpoint":
+            params[name] = _model_from_stage(Path(m.init.path), name, params[name])
+        else:
+            raise UserError(
+                f"model '{name}': init from {source} is not supported by `tandemc run` yet"
+            )
+    return params
+
+
+def _model_from_stage(stage_dir: Path, name: str, template) -> dict:
+    final = stage_dir / "final.json"
+    if not final.exists():
+        raise UserError(
+            f"model '{name}' loads from {stage_dir}, but that stage has not finished "
+            f"(no {final}); train it first (e.g. tandemc run specs/quickstart.yaml train)"
+        )
+    ckpt = stage_dir / json.loads(final.read_text())["checkpoint"]
+    arrays = checkpoint.load_subtree(ckpt, name, template)
+    if arrays is None:
+        raise UserError(f"checkpoint {ckpt} holds no parameters for model '{name}'")
+    return arrays
+
+
+def trained_params(r: Run, require: bool = False) -> dict:
+    """Initial params updated by every completed stage, in order. Warns on random weights."""
+    if r.params is not None:
+        return r.params
+    params = initial_params(r)
+    done = 0
+    for stage in r.prog.train:
+        stage_dir = r.run_dir / stage.name
+        if (stage_dir / "final.json").exists():
+            ckpt = stage_dir / json.loads((stage_dir / "final.json").read_text())["checkpoint"]
+            for name in stage.trainable:
+                params[name] = checkpoint.load_subtree(ckpt, name, params[name])
+            done += 1
+    if done < len(r.prog.train):
+        msg = f"{len(r.prog.train) - done} of {len(r.prog.train)} train stages not run"
+        if require:
+            raise UserError(f"{msg}; run `tandemc run SPEC train` first")
+        r.log(f"warning: {msg}: decoding with partly random weights")
+    r.params = params
+    return params
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[StageResult]:
+    from .corpus import data_for_spec
+
+    data = data_for_spec(r.spec, r.tokenizer)
+    params = initial_params(r)
+    results = []
+    for stage in r.prog.train:
+        result = train_stage(
+            r.prog,
+            stage,
+            params,
+            r.run_dir / stage.name,
+            lambda position, s=stage: data.train(s.seq_len, s.batch, s.seed, position),
+            lambda s=stage: data.validation(s.seq_len, s.batch, s.eval_batches),
+            progress=progress(stage) if progress else None,
+            stop_after_steps=stop_after_steps,
+        )
+        results.append(result)
+        params = result.params
+        if result.steps < stage.steps:
+            break
+    complete = len(results) == len(r.prog.train) and results[-1].steps == r.prog.train[-1].steps
+    r.params = params if complete else None
+    return results
+
+
+def evaluate_stages(r: Run) -> dict:
+    """Each stage's objective on the validation split, with the trained parameters."""
+    from compiler.train import init_train_state, make_eval_step
+
+    from .corpus import data_for_spec
+    from .train import evaluate
+
+    data = data_for_spec(r.spec, r.tokenizer)
+    params = trained_params(r, require=True)
+    out = {}
+    for stage in r.prog.train:
+        state = init_train_state(r.prog, stage, params)
+        batches = data.validation(stage.seq_len, stage.batch, stage.eval_batches)
+        out[stage.name] = evaluate(jax.jit(make_eval_step(r.prog, stage)), state, batches)
+    return out
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    texts: list[str]
+    tokens: list[list[int]]
+    seconds: float  # wall time of the timed call (compile excluded)
+    stats: dict = field(default_factory=dict)  # totals over the batch
+
+
+def encode_prompts(r: Run, prompts: list[str], decode: DecodeIR) -> tuple[np.ndarray, np.ndarray]:
+    budget = r.prog.max_len - decode.max_new_tokens - max(decode.gamma, _max_gamma(decode)) - 2
+    rows = []
+    for i, text in enumerate(prompts):
+        ids = r.tokenizer.encode(text)
+        if not ids:
+            raise UserError(f"prompt {i + 1} is empty: give some text to continue")
+        if len(ids) > budget:
+            raise UserError(
+                f"prompt {i + 1} has {len(ids)} tokens; with max_new_tokens "
+                f"{decode.max_new_tokens} and shapes.max_len {r.prog.max_len} at most {budget} fit "
+                "(raise shapes.max_len or shorten the prompt)"
+            )
+        rows.append(ids)
+    width = max(len(x) for x in rows)
+    width = -(-width // 32) * 32  # pad to a multiple of 32: fewer distinct compiled shapes
+    out = np.zeros((len(rows), width), np.int32)
+    for i, ids in enumerate(rows):
+        out[i, : len(ids)] = ids
+    return out, np.array([len(x) for x in rows], np.int32)
+
+
+def _max_gamma(d: DecodeIR) -> int:
+    return d.adaptive.max_gamma if d.adaptive else d.gamma
+
+
+def generate(
+    r: Run, prompts: list[str], decode: DecodeIR | None = None, repeats: int = 1
+) -> Generation:
+    """Generates for every prompt (one batch) with `decode` (default: the spec's policy)."""
+    decode = decode or r.prog.decode
+    if decode is None:
+        raise UserError("the spec has no decode section: add one to generate")
+    eos = getattr(r.tokenizer, "eos_id", -1)
+    decode = dataclasses.replace(decode, eos_id=eos if r.spec.decode.stop_at_eos else -1)
+    params = trained_params(r)
+    tokens, lens = encode_prompts(r, prompts, decode)
+    fn = make_generate(r.prog, decode)
+    key = jax.random.PRNGKey(decode.sampling.seed)
+    result = fn(params, jnp.asarray(tokens), jnp.asarray(lens), key)  # compile + warm-up
+    jax.block_until_ready(result)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = jax.block_until_ready(fn(params, jnp.asarray(tokens), jnp.asarray(lens), key))
+        best = min(best, time.perf_counter() - start)
+    lengths = np.asarray(result.lengths)
+    out_tokens = [np.asarray(result.tokens)[i, : lengths[i]].tolist() for i in range(len(prompts))]
+    s = result.stats
+    stats = {
+        "tokens": int(lengths.sum()),
+        "large_calls": int(np.asarray(s.large_calls).sum()),
+        "small_calls": int(np.asarray(s.small_calls).sum()),
+        "rounds": int(np.asarray(s.rounds).sum()),
+        "round_tokens": int(np.asarray(s.round_tokens).sum()),
+        "accepted_by_pos": np.asarray(s.accepted_by_pos).sum(0).tolist(),
+        "drafted_by_pos": np.asarray(s.drafted_by_pos).sum(0).tolist(),
+    }
+    stats["tau"] = stats["round_tokens"] / max(stats["rounds"], 1)
+    stats["large_calls_per_token"] = stats["large_calls"] / max(stats["tokens"], 1)
+    stats["small_calls_per_token"] = stats["small_calls"] / max(stats["tokens"], 1)
+    stats["tokens_per_s"] = stats["tokens"] / best
+    texts = [r.tokenizer.decode(t) for t in out_tokens]
+    return Generation(texts, out_tokens, best, stats)
+
+
+def compare(r: Run, prompts: list[str], repeats: int = 3) -> dict:
+    """Autoregressive decoding of the target vs the spec's policy: same prompts, one process."""
+    d = r.prog.decode
+    baseline = dataclasses.replace(
+        d, policy="autoregressive", draft=None, draft_ngram=0, adaptive=None
+    )
+    base = generate(r, prompts, baseline, repeats)
+    ours = generate(r, prompts, d, repeats)
+    return {
+        "policy": d.policy,
+        "gamma": d.gamma,
+        "identical": base.tokens == ours.tokens,
+        "speedup": base.seconds / ours.seconds,
+        "baseline": {"seconds": base.seconds, **base.stats},
+        "ours": {"seconds": ours.seconds, **ours.stats},
+        "text": ours.texts,
+        "baseline_text": base.texts,
+    }

@@ -1,0 +1,193 @@
+"""The training loop: one spec stage, resumable, with eval, metrics, plots and checkpoints.
+
+Layout of a stage directory (`<run dir>/<stage name>/`):
+  step_<N>/        checkpoints (the last two are kept), written atomically
+  metrics.jsonl    one JSON object per logged train step and per evaluation
+  curves.png       loss and accuracy against steps
+  final.json       written last: the stage is complete and is skipped next time
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+
+from compiler.ir import ProgramIR, TrainStageIR
+from compiler.train import all_params, init_train_state, make_eval_step, make_train_step
+
+from . import checkpoint
+from .errors import UserError
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    params: dict  # every model and projection after the stage
+    steps: int
+    metrics: dict = field(default_factory=dict)  # the last evaluation
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+    skipped: bool = False
+
+
+def _floats(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def evaluate(eval_step, state, batches) -> dict:
+    totals: dict[str, float] = {}
+    for batch in batches:
+        for k, v in _floats(eval_step(state, batch)).items():
+            totals[k] = totals.get(k, 0.0) + v
+    return {k: v / max(len(batches), 1) for k, v in totals.items()}
+
+
+def plot_curves(metrics_path: Path, png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    train = [r for r in rows if r["kind"] == "train"]
+    val = [r for r in rows if r["kind"] == "eval"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    ax_loss.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val loss")
+    ax_acc.plot([r["step"] for r in val], [r["accuracy"] for r in val], "o-", label="val accuracy")
+    if val and "agreement" in val[0]:
+        ax_acc.plot(
+            [r["step"] for r in val], [r["agreement"] for r in val], "s-", label="agreement"
+        )
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+@contextmanager
+def _closing(batches):
+    try:
+        yield
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+
+
+def train_stage(
+    prog: ProgramIR,
+    stage: TrainStageIR,
+    params: dict,
+    stage_dir: Path,
+    train_batches: Callable[[dict | None], object],
+    val_batches: Callable[[], list],
+    progress=None,
+    log_every: int = 10,
+    stop_after_steps: int | None = None,
+) -> StageResult:
+    """Trains `stage` from `params` (or its last checkpoint) and returns every parameter.
+
+    train_batches(position) -> an iterator of [B, T+1] batches starting at a saved data
+    position (None: the beginning) with a `.state()` method; val_batches() -> a fixed list.
+    `stop_after_steps` ends early without marking the stage complete (for tests of resume).
+    """
+    final = stage_dir / "final.json"
+    # The train step donates its state; copy so the caller's arrays stay valid.
+    params = jax.tree.map(lambda x: x.copy(), params)
+    template = init_train_state(prog, stage, params)
+    shape_hash = checkpoint.shape_hash(template)
+    if final.exists():
+        info = json.loads(final.read_text())
+        ckpt = stage_dir / info["checkpoint"]
+        state, _ = checkpoint.restore(ckpt, template)
+        return StageResult(
+            stage.name, all_params(state), info["steps"], info["metrics"], skipped=True
+        )
+
+    state, position, step = template, None, 0
+    last = checkpoint.latest(stage_dir)
+    if last is not None:
+        state, meta = checkpoint.restore(last, template)
+        position, step = meta["data"], meta["step"]
+    rng = jax.random.PRNGKey(stage.seed)
+    train_step = jax.jit(make_train_step(prog, stage), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(prog, stage))
+    val = val_batches()
+    batches = train_batches(position)
+    metrics_file = stage_dir / "metrics.jsonl"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(at: int) -> Path:
+        meta = {"data": batches.state(), "shape_hash": shape_hash, "stage": stage.name}
+        return checkpoint.save(stage_dir, at, state, meta)
+
+    last_metrics: dict = {}
+    # Throughput is measured from the end of the first step on (it includes the compile).
+    start, start_step, tokens = time.perf_counter(), step, 0
+    timed_from, timed_tokens = None, 0
+    end = stage.steps if stop_after_steps is None else min(stage.steps, stop_after_steps)
+    with open(metrics_file, "a") as log, _closing(batches):
+        while step < end:
+            batch = next(batches)
+            # fold_in(step): the same noise at a step whether or not the run was resumed.
+            state, m = train_step(state, batch, jax.random.fold_in(rng, step))
+            step += 1
+            tokens += batch.shape[0] * (batch.shape[1] - 1)
+            loss = float(m["loss"])
+            if timed_from is None:
+                timed_from, timed_tokens = time.perf_counter(), tokens
+            if not math.isfinite(loss):
+                good = checkpoint.latest(stage_dir)
+                raise TrainingDiverged(
+                    f"stage '{stage.name}': loss is {loss} at step {step}; the last good "
+                    f"checkpoint is {good or 'none (no checkpoint yet)'}. Lower the learning "
+                    "rate or raise warmup, then run again to resume from it"
+                )
+            if step % log_every == 0 or step == end:
+                row = {"kind": "train", "step": step, **_floats(m)}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            if progress is not None:
+                elapsed = time.perf_counter() - timed_from
+                progress(step, stage.steps, loss, (tokens - timed_tokens) / max(elapsed, 1e-9))
+            if step % stage.eval_every == 0 or step == stage.steps:
+                last_metrics = evaluate(eval_step, state, val)
+                log.write(json.dumps({"kind": "eval", "step": step, **last_metrics}) + "\n")
+                log.flush()
+            if step % stage.checkpoint_every == 0 or step == end:
+                save(step)
+    seconds = time.perf_counter() - start
+    timed = time.perf_counter() - timed_from if timed_from is not None else 0.0
+    result = StageResult(
+        stage.name,
+        all_params(state),
+        step,
+        last_metrics,
+        seconds,
+        (tokens - timed_tokens) / timed if timed > 0 and step > start_step + 1 else 0.0,
+    )
+    if step == stage.steps:
+        plot_curves(metrics_file, stage_dir / "curves.png", f"{prog.name}: {stage.name}")
+        info = {
+            "steps": step,
+            "metrics": last_metrics,
+            "checkpoint": checkpoint.latest(stage_dir).name,
+            "shape_hash": shape_hash,
+        }
+        checkpoint.write_json_atomic(final, info)
+    return result
