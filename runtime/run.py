@@ -42,19 +42,35 @@ class Run:
 
 def open_run(spec_path, overrides=(), run_dir: str | Path | None = None, log=print) -> Run:
     """Loads and checks a spec (SpecError on bad input) and prepares its run directory."""
-    from .tokenizer import make_tokenizer
-
     spec = api.load(spec_path, overrides)
     prog = build_ir(spec)
     run_dir = Path(run_dir) if run_dir else Path("runs") / spec.name
-    t = spec.tokenizer
-    if t.kind == "bpe":
-        raise UserError("tokenizer kind 'bpe' is not wired into `tandemc run` yet; use byte")
     try:
-        tokenizer = make_tokenizer(t.kind, t.vocab_size, t.path)
+        tokenizer = _tokenizer(spec, run_dir, log)
     except ValueError as e:
         raise UserError(str(e)) from None
     return Run(spec, prog, run_dir, tokenizer, log)
+
+
+def _tokenizer(spec, run_dir: Path, log):
+    """The spec's tokenizer; a BPE one is trained once on the training documents and saved
+    as `<run dir>/tokenizer.json`, beside the checkpoints that depend on it."""
+    from .tokenizer import make_tokenizer
+
+    t = spec.tokenizer
+    if t.kind != "bpe":
+        return make_tokenizer(t.kind, t.vocab_size, t.path)
+    saved = Path(t.path) if t.path else run_dir / "tokenizer.json"
+    if saved.exists():
+        return make_tokenizer("bpe", t.vocab_size, saved)
+    from .corpus import SpecData
+    from .data import iter_texts
+
+    log(f"training a BPE tokenizer (vocab {t.vocab_size}) on the training documents")
+    docs = SpecData(spec, None).train_docs
+    tok = make_tokenizer("bpe", t.vocab_size, texts=iter_texts(docs, max_bytes=5_000_000))
+    tok.save(saved.parent)
+    return tok
 
 
 # --- parameters ------------------------------------------------------------------------
@@ -133,6 +149,7 @@ def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[St
             lambda s=stage: data.validation(s.seq_len, s.batch, s.eval_batches),
             progress=progress(stage) if progress else None,
             stop_after_steps=stop_after_steps,
+            meta={"spec": api.to_yaml(r.spec)},
         )
         results.append(result)
         params = result.params

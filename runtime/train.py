@@ -99,12 +99,14 @@ def train_stage(
     progress=None,
     log_every: int = 10,
     stop_after_steps: int | None = None,
+    meta: dict | None = None,
 ) -> StageResult:
     """Trains `stage` from `params` (or its last checkpoint) and returns every parameter.
 
     train_batches(position) -> an iterator of [B, T+1] batches starting at a saved data
     position (None: the beginning) with a `.state()` method; val_batches() -> a fixed list.
     `stop_after_steps` ends early without marking the stage complete (for tests of resume).
+    `meta` (e.g. the resolved spec) is recorded in every checkpoint.
     """
     final = stage_dir / "final.json"
     # The train step donates its state; copy so the caller's arrays stay valid.
@@ -133,8 +135,8 @@ def train_stage(
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     def save(at: int) -> Path:
-        meta = {"data": batches.state(), "shape_hash": shape_hash, "stage": stage.name}
-        return checkpoint.save(stage_dir, at, state, meta)
+        info = {**(meta or {}), "data": batches.state(), "shape_hash": shape_hash}
+        return checkpoint.save(stage_dir, at, state, {**info, "stage": stage.name})
 
     last_metrics: dict = {}
     # Throughput is measured from the end of the first step on (it includes the compile).

@@ -332,6 +332,25 @@ def sharding(ctx: Context):
 
 
 @check
+def tokenizer(ctx: Context):
+    t = ctx.spec.tokenizer
+    if t.kind == "bpe" and t.vocab_size < 257:
+        ctx.error(
+            "E-CHECK-TOKENIZER",
+            f"a bpe tokenizer needs vocab_size >= 257 (256 bytes + merges), got {t.vocab_size}",
+            ("tokenizer", "vocab_size") if t.vocab_size else ("tokenizer", "kind"),
+            "add `vocab_size: 4096` (trained locally on the corpus)",
+        )
+    if t.kind in ("gguf", "hf-json") and not t.path:
+        ctx.error(
+            "E-CHECK-TOKENIZER",
+            f"a {t.kind} tokenizer needs a path",
+            ("tokenizer", "kind"),
+            "add `path:` pointing at the file",
+        )
+
+
+@check
 def data(ctx: Context):
     if ctx.spec.data.corpus is None and not ctx.spec.data.paths:
         ctx.error(

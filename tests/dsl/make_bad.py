@@ -93,6 +93,9 @@ CASES = {
     "mesh_axis": BASE + "sharding: [[heads, modle]]\n",
     "logical_axis": BASE + "sharding: [[head, model]]\n",
     "sharding_pair": BASE + "sharding: [[heads, model, data]]\n",
+    "bpe_vocab": BASE.replace(
+        "data: {seq_len: 64}", "data: {seq_len: 64}\ntokenizer: {kind: bpe, vocab_size: 100}"
+    ),
     "no_data": BASE.replace("data: {seq_len: 64}", "data: {seq_len: 64, corpus: null}"),
     "include_missing": BASE.replace("name: bad\n", "name: bad\ninclude: [nowhere.yaml]\n"),
     "include_cycle": "tandem: 1\nname: bad\ninclude: [includes/cycle_a.yaml]\n",

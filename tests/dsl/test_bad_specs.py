@@ -16,6 +16,7 @@ BAD = Path(__file__).parent / "bad"
 EXPECTED = {
     "adaptive_no_section": ("E-CHECK-DECODE-MISSING", 10, 18),
     "block_max": ("E-CHECK-BLOCK", 9, 66),
+    "bpe_vocab": ("E-CHECK-TOKENIZER", 12, 36),
     "cache_overflow": ("E-CHECK-CACHE", 10, 80),
     "decode_no_draft": ("E-CHECK-DECODE-MISSING", 10, 18),
     "distil_no_teacher": ("E-CHECK-OBJECTIVE", 14, 64),

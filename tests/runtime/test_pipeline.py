@@ -99,3 +99,26 @@ def test_resume_after_a_kill_gives_the_same_parameters(tmp_path):
     a = jax.tree.leaves(run.trained_params(straight)["large"])
     b = jax.tree.leaves(run.trained_params(resumed)["large"])
     assert all(np.allclose(u, v, atol=1e-6) for u, v in zip(a, b, strict=False))
+
+
+def test_nan_loss_stops_the_stage_and_names_the_step(tmp_path):
+    from runtime.train import TrainingDiverged
+
+    overrides = ["train.0.optimizer.lr=1e30", "train.0.optimizer.warmup=0", "~train.2", "~train.1"]
+    r = run.open_run(MINI, overrides, tmp_path, log=lambda *a: None)
+    with pytest.raises(TrainingDiverged, match=r"at step \d+; the last good checkpoint"):
+        run.train(r)
+    assert not (tmp_path / "large/final.json").exists()
+
+
+def test_bpe_tokenizer_is_trained_once_and_saved(tmp_path):
+    overrides = [
+        "+tokenizer={kind: bpe, vocab_size: 400}",
+        "train.0.steps=2",
+        "~train.2",
+        "~train.1",
+    ]
+    r = run.open_run(MINI, overrides, tmp_path, log=lambda *a: None)
+    assert (tmp_path / "tokenizer.json").exists() and r.prog.model("large").vocab == 400
+    again = run.open_run(MINI, overrides, tmp_path, log=lambda *a: None)
+    assert again.tokenizer.encode("def main():") == r.tokenizer.encode("def main():")
