@@ -8,7 +8,7 @@ import numpy as np
 
 from compiler.decode import make_generate
 from compiler.ir import DecodeIR, DecoderIR, ProgramIR, ProjectionIR, SamplingIR, WiringIR
-from compiler.nn import init_params
+from compiler.nn import decoder_forward, init_params, tandem_forward
 
 VOCAB = 61
 MAX_LEN = 96
@@ -96,12 +96,22 @@ def rows(result) -> list[list[int]]:
 def noisy_copy_into_small(params: dict, noise: float, seed: int = 1) -> dict:
     """An independent drafter that mostly agrees with the large model: its weights plus
     relative Gaussian noise, so acceptance is high but ragged across rows and rounds."""
-    leaves, tree = jax.tree.flatten(params["large"])
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    out = dict(params)
+    out["small"] = _noisy(params["large"], noise, jax.random.key(seed))
+    return out
+
+
+@jax.jit
+def _noisy(tree, noise, key):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
     noisy = [
         x + noise * jnp.std(x) * jax.random.normal(k, x.shape)
         for x, k in zip(leaves, keys, strict=True)
     ]
-    out = dict(params)
-    out["small"] = jax.tree.unflatten(tree, noisy)
-    return out
+    return jax.tree.unflatten(treedef, noisy)
+
+
+# jitted teacher-forced references (the configs are static)
+forward = jax.jit(decoder_forward, static_argnums=(1,))
+teacher_forced = jax.jit(tandem_forward, static_argnums=(2, 3))

@@ -30,8 +30,14 @@ def _run(prog, params, decode, lens_p, seed=0):
     return generator(prog, decode)(params, toks, lens, KEY)
 
 
-@pytest.mark.parametrize("gamma", [1, 3, 8])
-@pytest.mark.parametrize("kind", ["tandem", "independent"])
+SLOW = pytest.mark.slow  # run with: pytest -m slow tests/decode (or -m "" for everything)
+
+
+@pytest.mark.parametrize(
+    "kind,gamma",
+    [("tandem", 1), ("tandem", 3), ("tandem", 8), ("independent", 3),
+     pytest.param("independent", 1, marks=SLOW), pytest.param("independent", 8, marks=SLOW)],
+)  # fmt: skip
 def test_greedy_speed_equals_autoregressive(kind, gamma):
     prog = program(kind)
     params = params_for(prog)
@@ -45,17 +51,24 @@ def test_greedy_speed_equals_autoregressive(kind, gamma):
     assert (np.asarray(st.round_tokens) >= np.asarray(st.rounds)).all()
 
 
-@pytest.mark.parametrize("kind", ["tandem", "independent", "partial"])
-def test_greedy_speed_batch1_and_partial_wiring(kind):
+@pytest.mark.parametrize(
+    "kind,batches",
+    [
+        ("tandem", (BATCH1,)),
+        pytest.param("independent", (BATCH1,), marks=SLOW),
+        pytest.param("partial", (BATCH1, BATCH4), marks=SLOW),
+    ],  # fmt: skip
+)
+def test_greedy_speed_batch1_and_partial_wiring(kind, batches):
     prog = program(kind)
     params = params_for(prog, seed=3)
-    for lens_p in (BATCH1, BATCH4):
+    for lens_p in batches:
         ar = _run(prog, params, decode_ir("autoregressive"), lens_p, seed=1)
         sp = _run(prog, params, decode_ir("speed", gamma=3), lens_p, seed=1)
         assert rows(sp) == rows(ar)
 
 
-@pytest.mark.parametrize("gamma", [3, 8])
+@pytest.mark.parametrize("gamma", [3, pytest.param(8, marks=SLOW)])
 def test_agreeing_drafter_long_acceptance_runs(gamma):
     """An oracle drafter (a copy of M_L): every draft accepted, tau = gamma + 1."""
     prog = program("copy")
@@ -89,7 +102,7 @@ def test_ragged_acceptance_noisy_drafter():
     assert (tau > 1).all() and (tau <= 5).all()
 
 
-@pytest.mark.parametrize("rule", ["confidence", "fixed"])
+@pytest.mark.parametrize("rule", ["confidence", pytest.param("fixed", marks=SLOW)])
 def test_greedy_adaptive_equals_autoregressive(rule):
     prog = program("copy")
     # sharper heads: the drafter's top probability spans ~0.3..0.95 around the threshold
