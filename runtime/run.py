@@ -58,6 +58,10 @@ def _tokenizer(spec, run_dir: Path, log):
     from .tokenizer import make_tokenizer
 
     t = spec.tokenizer
+    if t.kind in ("gguf", "hf-json"):  # with BOS/EOS ids and the chat template
+        from .weights import load_tokenizer
+
+        return load_tokenizer(t.kind, t.path)
     if t.kind != "bpe":
         return make_tokenizer(t.kind, t.vocab_size, t.path)
     saved = Path(t.path) if t.path else run_dir / "tokenizer.json"
@@ -77,7 +81,8 @@ def _tokenizer(spec, run_dir: Path, log):
 
 
 def initial_params(r: Run) -> dict:
-    """Random init, then every model whose spec says `init: {from: checkpoint}` loaded."""
+    """Random init, then every model whose spec says `init: {from: checkpoint | gguf |
+    safetensors}` loaded."""
     params = nn.init_params(r.prog, jax.random.PRNGKey(0))
     for name, m in r.spec.models.items():
         source = m.init.from_
@@ -87,6 +92,13 @@ def initial_params(r: Run) -> dict:
                 params[name] = nn.init_params(one, jax.random.PRNGKey(m.init.seed))[name]
         elif source == "checkpoint":
             params[name] = _model_from_stage(Path(m.init.path), name, params[name])
+        elif source in ("gguf", "safetensors"):
+            from .weights import load_weights
+
+            try:
+                params[name] = load_weights(source, m.init.path, r.prog.model(name))
+            except ValueError as e:
+                raise UserError(str(e)) from None
         else:
             raise UserError(
                 f"model '{name}': init from {source} is not supported by `tandemc run` yet"
