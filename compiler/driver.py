@@ -2,6 +2,10 @@
 
 Each stage is timed and reported through `log(stage, seconds, summary)`, and
 `stop_after` ends the pipeline early (load, validate, resolve, check, ir, lower, compile).
+
+Programs are sharded on the spec's mesh: the machine's devices when the mesh fits them, else
+abstract devices (`devices=N` or a fixed mesh bigger than the machine), which lower and
+export for any platform but are not compiled here.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from pathlib import Path
 
 from tandem_dsl import api
 
-from .artifacts import lower_program, write_atomic, write_program
+from .artifacts import CompiledProgram, ProgramDef, lower_program, write_atomic, write_program
 from .build import build_ir, format_ir
 from .plan import make_plan
+from .sharding import Sharder, summary
 from .stages import EMITS
 
 
@@ -42,9 +47,11 @@ def compile_spec(
     emit: tuple[str, ...] = EMITS,
     stop_after: str = "compile",
     log: Callable[[str, float, str], None] = _quiet,
+    devices: int | None = None,
 ) -> CompileResult:
     """Compiles a spec file; raises tandem_dsl SpecError for bad specs, ValueError for bad
-    program names."""
+    program names or an impossible mesh. `devices`: compile for that many devices (abstract
+    ones when the machine has fewer)."""
     from .programs import programs_for
 
     result = CompileResult()
@@ -61,6 +68,10 @@ def compile_spec(
     log(
         "ir", time.perf_counter() - start, f"{len(prog.models)} models, {len(prog.wirings)} wirings"
     )
+    start = time.perf_counter()
+    sh = Sharder.for_compile(prog, devices)  # ShardingError (a ValueError) names the devices
+    result.plan["sharding"] = summary(prog, sh)
+    log("shard", time.perf_counter() - start, sh.describe())
     out = Path(out_dir) if out_dir else None
     emit_set = set(emit)
     if out is not None and "spec" in emit_set:
@@ -71,7 +82,7 @@ def compile_spec(
     if stop_after == "ir":
         return _finish_plan(result, out, emit_set)
 
-    defs = programs_for(prog)
+    defs = programs_for(prog, sh)
     if programs:
         known = {d.name for d in defs}
         unknown = [p for p in programs if p not in known]
@@ -81,19 +92,52 @@ def compile_spec(
             )
         defs = [d for d in defs if d.name in programs]
     for d in defs:
-        c = lower_program(d, platforms, compile_local=stop_after != "lower")
+        if sh.abstract:
+            c = lower_abstract(d, platforms, sh.n_devices)
+        else:
+            c = lower_program(d, platforms, compile_local=stop_after != "lower")
         result.programs[d.name] = c
         cost = {**c.cost, "seconds": c.seconds, "doc": d.doc, "analytic_flops": d.analytic_flops}
         result.plan["programs"][d.name] = cost
         flops = f", {c.cost['flops']:.3g} FLOPs" if "flops" in c.cost else ""
         log(
-            "compile" if c.cost else "lower",
+            "export" if sh.abstract else "compile" if c.cost else "lower",
             sum(c.seconds.values()),
             f"{d.name}: {d.doc}{flops}",
         )
         if out is not None:
             result.files += write_program(out, c, emit_set)
     return _finish_plan(result, out, emit_set)
+
+
+def lower_abstract(p: ProgramDef, platforms: tuple[str, ...], n_devices: int) -> CompiledProgram:
+    """Lowers and exports a program whose shardings live on abstract devices (a mesh bigger
+    than this machine): the StableHLO is the exported module's; XLA compile needs the real
+    devices, so the cost is the shardings' own per-device figures (see the plan)."""
+    import jax
+
+    from .artifacts import _register_namedtuples
+
+    out = CompiledProgram(p.name, "")
+    start = time.perf_counter()
+    _register_namedtuples(p.args)
+    tree = {}
+
+    def flat(*a):  # outputs as their flat list of leaves, as `lower_program` exports them
+        result = p.fn(*a)
+        tree["out"] = jax.tree.structure(result)
+        return jax.tree.leaves(result)
+
+    jitted = jax.jit(flat, donate_argnums=p.donate)
+    out.stablehlo = jitted.trace(*p.args).lower(lowering_platforms=platforms).as_text()
+    out.seconds["lower"] = time.perf_counter() - start
+    start = time.perf_counter()
+    exported = jax.export.export(jitted, platforms=platforms)(*p.args)  # reuses the trace
+    out.exported[",".join(platforms)] = bytes(exported.serialize())
+    out.cost["out_tree"] = str(tree["out"])
+    out.cost["cost_unavailable"] = f"abstract mesh of {n_devices} devices: not compiled here"
+    out.seconds["export"] = time.perf_counter() - start
+    return out
 
 
 def _finish_plan(result: CompileResult, out: Path | None, emit: set[str]) -> CompileResult:

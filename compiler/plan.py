@@ -97,4 +97,33 @@ def format_plan(plan: dict) -> str:
                 f"{_si(c['bytes_accessed'], 'B'):>12}{_si(c.get('argument_bytes', 0), 'B'):>11}"
                 f"{_si(c.get('temp_bytes', 0), 'B'):>11}"
             )
+    if plan.get("sharding"):
+        lines.append(format_sharding(plan["sharding"]))
+    return "\n".join(lines)
+
+
+def format_sharding(s: dict) -> str:
+    """The mesh, each parameter group's PartitionSpec, and bytes per device."""
+    mesh = " x ".join(f"{a}={n}" for a, n in s["mesh"].items())
+    where = "abstract devices: lowered and exported, not compiled here" if s["abstract"] else (
+        "this machine's devices"
+    )  # fmt: skip
+    rules = ", ".join(f"{lg}->{m or 'replicated'}" for lg, m in s["rules"])
+    lines = [
+        f"sharding on mesh {mesh} ({s['devices']} devices, {where})",
+        f"  rules{' (default)' if s['default_rules'] else ''}: {rules}",
+        f"  {'part':<10}{'group':<28}{'n':>4}  {'logical axes':<30}{'spec':<28}"
+        f"{'total':>11}{'per device':>12}",
+    ]
+    for g in s["groups"]:
+        axes = "(" + ", ".join(a or "-" for a in g["axes"]) + ")"
+        lines.append(
+            f"  {g['part']:<10}{g['group']:<28}{g['count']:>4}  {axes:<30}{g['spec']:<28}"
+            f"{_si(g['bytes'], 'B'):>11}{_si(g['device_bytes'], 'B'):>12}"
+        )
+    lines.append("  per-device memory (arrays only; activations and temporaries not counted):")
+    for what, nbytes in s["device_bytes"].items():
+        lines.append(f"    {what:<36}{_si(nbytes, 'B'):>12}")
+    for note in s["notes"]:
+        lines.append(f"  note: {note}")
     return "\n".join(lines)

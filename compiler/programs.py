@@ -3,6 +3,10 @@
 `programs_for(prog)` lists what the spec's sections need: `init`; per training stage
 `train_step:<stage>` and `eval_step:<stage>`; for decoding `prefill`, `large_block`,
 `small_step`, `verify` and `generate`.
+
+Every program is sharded on the spec's mesh (`compiler.sharding`): its abstract arguments
+carry NamedShardings (on abstract devices when the mesh is bigger than the machine) and its
+state outputs are pinned to the same shardings. One device is a 1x1 mesh.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import jax.numpy as jnp
 
 from . import nn
 from .artifacts import ProgramDef
-from .ir import ProgramIR
+from .ir import ProgramIR, TrainStageIR
+from .sharding import Sharder, sharded_generate, sharded_prefill
+from .sharding import train_step_program as sharded_train_step
 
 KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
@@ -30,25 +36,70 @@ def _cache(cfg, batch, max_len):
     return jax.eval_shape(lambda: nn.init_cache(cfg, batch, max_len))
 
 
-def init_program(prog: ProgramIR) -> ProgramDef:
-    return ProgramDef("init", lambda k: nn.init_params(prog, k), (KEY,), doc="random init")
+def train_state_shape(prog: ProgramIR, stage: TrainStageIR, params):
+    from .train import init_train_state
+
+    return jax.eval_shape(lambda p: init_train_state(prog, stage, p), params)
 
 
-def decode_pieces(prog: ProgramIR) -> list[ProgramDef]:
+def _key(sh: Sharder):
+    return jax.ShapeDtypeStruct(KEY.shape, KEY.dtype, sharding=sh.replicated)
+
+
+def _tokens(sh: Sharder, *shape):
+    return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh.tokens(shape))
+
+
+def init_program(prog: ProgramIR, sh: Sharder) -> ProgramDef:
+    params_sh = sh.params(abstract_params(prog))
+    return ProgramDef(
+        "init",
+        lambda k: sh.constrain(nn.init_params(prog, k), params_sh),
+        (_key(sh),),
+        doc="random init, created sharded",
+    )
+
+
+def decode_pieces(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
     """`large_block` (M_L over gamma+1 tokens) and `small_step` (one M_S token).
 
     Analytic FLOPs count attention over all max_len cache slots, as the compiled program
     computes them (masked)."""
     d = prog.decode
     params = abstract_params(prog)
+    params_sh = sh.params(params)
     target = prog.model(d.target)
     batch, max_len = prog.batch, prog.max_len
     k = (d.adaptive.max_gamma if d.adaptive else d.gamma) + 1
+
+    def sharded_cache(cfg):
+        cache = _cache(cfg, batch, max_len)
+        cache_sh = sh.cache(cache, f"{cfg.name}/cache")
+        return sh.abstract_args(cache, cache_sh), cache_sh
+
+    def pinned(fn, cache_sh):
+        """fn's outputs with the cache (last) pinned to its input sharding."""
+
+        def run(*a):
+            *rest, cache = fn(*a)
+            return (*rest, sh.constrain(cache, cache_sh))
+
+        return run
+
+    def block(p, cache, tokens, start):
+        return nn.decoder_block(p, target, cache, tokens, start)
+
+    large_cache, large_sh = sharded_cache(target)
     out = [
         ProgramDef(
             "large_block",
-            lambda p, cache, tokens, start: nn.decoder_block(p, target, cache, tokens, start),
-            (params[target.name], _cache(target, batch, max_len), _i32(batch, k), _i32(batch)),
+            pinned(block, large_sh),
+            (
+                sh.abstract_args(params[target.name], params_sh[target.name]),
+                large_cache,
+                _tokens(sh, batch, k),
+                _tokens(sh, batch),
+            ),
             donate=(1,),
             doc=f"{target.name} over {k} tokens with its KV cache",
             analytic_flops=k * target.flops_per_token(max_len),
@@ -57,13 +108,21 @@ def decode_pieces(prog: ProgramIR) -> list[ProgramDef]:
     if d.draft is not None:
         draft = prog.model(d.draft)
         wiring = prog.wiring_of(d.draft)
+        small_cache, small_sh = sharded_cache(draft)
+
+        def step(p, cache, tokens, start):
+            return nn.small_block(p, draft, wiring, cache, tokens, start)
+
         out.append(
             ProgramDef(
                 "small_step",
-                lambda p, cache, tokens, start: nn.small_block(
-                    p, draft, wiring, cache, tokens, start
+                pinned(step, small_sh),
+                (
+                    sh.abstract_args(params[draft.name], params_sh[draft.name]),
+                    small_cache,
+                    _tokens(sh, batch, 1),
+                    _tokens(sh, batch),
                 ),
-                (params[draft.name], _cache(draft, batch, max_len), _i32(batch, 1), _i32(batch)),
                 donate=(1,),
                 doc=f"one {draft.name} token",
                 analytic_flops=draft.flops_per_token(max_len),
@@ -72,32 +131,32 @@ def decode_pieces(prog: ProgramIR) -> list[ProgramDef]:
     return out
 
 
-def train_programs(prog: ProgramIR) -> list[ProgramDef]:
-    """`train_step:<stage>` and `eval_step:<stage>` for every training stage."""
-    from .train import init_train_state, make_eval_step, make_train_step
-
+def train_programs(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
+    """`train_step:<stage>` and `eval_step:<stage>` for every training stage, with explicit
+    in/out shardings (batch over `data`, parameters and optimizer state per the rules)."""
     params = abstract_params(prog)
     out = []
     for stage in prog.train:
-        state = jax.eval_shape(lambda p, s=stage: init_train_state(prog, s, p), params)
-        batch = _i32(stage.batch, stage.seq_len + 1)
+        state = train_state_shape(prog, stage, params)
+        train_step, eval_step, state_sh, batch_sh = sharded_train_step(prog, stage, sh, state)
+        state = sh.abstract_args(state, state_sh)
+        batch = jax.ShapeDtypeStruct((stage.batch, stage.seq_len + 1), jnp.int32, sharding=batch_sh)
         o = stage.objective
         doc = f"{o.kind} on {o.model}, {stage.batch}x{stage.seq_len} tokens"
         out.append(
-            ProgramDef(f"train_step:{stage.name}", make_train_step(prog, stage),
-                       (state, batch, KEY), donate=(0,), doc=doc)
+            ProgramDef(f"train_step:{stage.name}", train_step, (state, batch, _key(sh)),
+                       donate=(0,), doc=doc)
         )  # fmt: skip
         out.append(
-            ProgramDef(f"eval_step:{stage.name}", make_eval_step(prog, stage), (state, batch),
-                       doc=doc)
+            ProgramDef(f"eval_step:{stage.name}", eval_step, (state, batch), doc=doc)
         )  # fmt: skip
     return out
 
 
-def generation_programs(prog: ProgramIR) -> list[ProgramDef]:
-    """`prefill`, `generate` (one while_loop for the whole generation) and `verify`."""
+def generation_programs(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
+    """`prefill`, `generate` (one while_loop for the whole generation, KV caches sharded)
+    and `verify`."""
     from .decode import loop_config
-    from .decode.loops import generate, prefill
     from .decode.verify import verify
 
     d = prog.decode
@@ -107,30 +166,37 @@ def generation_programs(prog: ProgramIR) -> list[ProgramDef]:
     params = abstract_params(prog)
     batch, vocab = prog.batch, prog.model(d.target).vocab
     prompt_len = max(1, prog.max_len - cfg.max_new - cfg.gamma - 2)
-    args = (params, _i32(batch, prompt_len), _i32(batch), KEY)
+    params = sh.abstract_args(params, sh.params(params))
+    args = (params, _tokens(sh, batch, prompt_len), _tokens(sh, batch), _key(sh))
     what = f"{d.policy}, {cfg.max_new} new tokens after a {prompt_len}-token prompt buffer"
     out = [
-        ProgramDef("prefill", lambda *a: prefill(cfg, *a), args, doc="prompt pass, caches"),
-        ProgramDef("generate", lambda *a: generate(cfg, *a), args, doc=what),
+        ProgramDef("prefill", sharded_prefill(cfg, sh), args, doc="prompt pass, caches"),
+        ProgramDef("generate", sharded_generate(cfg, sh), args, doc=what),
     ]
     if d.policy != "autoregressive":
         g = cfg.gamma
         f32 = jnp.float32
+
+        def rep(x):
+            return None if x is None else sh.abstract_args(x, sh.replicated)
+
         q = None if d.sampling.greedy else jax.ShapeDtypeStruct((batch, g, vocab), f32)
         p = jax.ShapeDtypeStruct((batch, g + 1, vocab), f32)
         out.append(
             ProgramDef(
                 "verify",
                 lambda key, draft, q, p, n: verify(key, draft, q, p, n, greedy=d.sampling.greedy),
-                (KEY, _i32(batch, g), q, p, _i32(batch)),
+                tuple(rep(x) for x in (KEY, _i32(batch, g), q, p, _i32(batch))),
                 doc="greedy" if d.sampling.greedy else "lossless rejection sampling",
             )
         )
     return out
 
 
-def programs_for(prog: ProgramIR) -> list[ProgramDef]:
-    out = [init_program(prog), *train_programs(prog)]
+def programs_for(prog: ProgramIR, sh: Sharder | None = None) -> list[ProgramDef]:
+    """Every program of the spec on `sh` (default: the spec's mesh for `tandemc compile`)."""
+    sh = sh or Sharder.for_compile(prog)
+    out = [init_program(prog, sh), *train_programs(prog, sh)]
     if prog.decode is not None:
-        out += decode_pieces(prog) + generation_programs(prog)
+        out += decode_pieces(prog, sh) + generation_programs(prog, sh)
     return out

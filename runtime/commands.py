@@ -22,6 +22,10 @@ def cmd_compile(args) -> int:
     def log(stage, seconds, summary):
         console.print(f"[bold]{stage:>8}[/bold] {seconds * 1000:8.1f} ms  {summary}")
 
+    from compiler.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed(args.distributed)
+
     try:
         result = compile_spec(
             args.spec,
@@ -32,6 +36,7 @@ def cmd_compile(args) -> int:
             emit=emit,
             stop_after=args.stop_after,
             log=log,
+            devices=args.devices,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -58,6 +63,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--platforms", default="cpu", help="export for these platforms, e.g. cpu,tpu,cuda"
     )
     p.add_argument("--stop-after", choices=STAGES, default="compile", help="stop after a stage")
+    p.add_argument(
+        "--devices",
+        type=int,
+        help="compile for this many devices (abstract ones when the machine has fewer; "
+        "default: this machine's, or the spec's fixed mesh when it is bigger)",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host: compile on every host's "
+        "devices)",
+    )
     p.set_defaults(fn=cmd_compile)
     register_run(sub)
 

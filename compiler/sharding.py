@@ -1,0 +1,509 @@
+"""Scale-out (DESIGN.md §8): a device mesh from the spec's `mesh`, NamedShardings from its
+`sharding` rules over the logical axis names of `compiler.nn.logical_axes`.
+
+One code path for one device and many: a single device is a 1x1 mesh.
+
+    sh = Sharder.for_run(prog)                    # the machine's devices (or all hosts')
+    state = sh.put(state, sh.train_state(prog, stage, state))
+    sh = Sharder.for_compile(prog)                # abstract devices when the mesh is bigger
+
+Rules map a logical axis to a mesh axis (or null = replicated); for each dimension the first
+rule naming its logical axis wins, skipping rules whose mesh axis the array already uses or
+that do not divide the dimension (those dimensions are replicated and reported in `notes`).
+A parameter with a logical axis that no rule names is an error, never silently replicated.
+An empty rule list means `DEFAULT_RULES`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .ir import MeshIR, ProgramIR, TrainStageIR
+
+MESH_AXES = ("data", "model")
+
+# Data parallel over `data`; attention heads, MLP width and vocabulary over `model`
+# (Megatron-style); the residual width, sequence and head_dim replicated.
+DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", "data"),
+    ("heads", "model"),
+    ("kv_heads", "model"),
+    ("mlp", "model"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("length", None),
+    ("head_dim", None),
+)
+
+
+class ShardingError(ValueError):
+    """An impossible mesh or a parameter the sharding rules do not cover."""
+
+
+def mesh_sizes(mesh: MeshIR, n_devices: int) -> dict[str, int]:
+    """{axis: size} with one -1 resolved to the rest of `n_devices`; ShardingError when the
+    mesh cannot use exactly `n_devices` devices."""
+    sizes = dict(mesh.axes)
+    shown = " x ".join(f"{a}={s}" for a, s in sizes.items())
+    bad = [a for a, s in sizes.items() if s == 0 or s < -1]
+    if bad:
+        raise ShardingError(f"mesh {shown}: axis sizes must be >= 1 or -1 (the rest)")
+    rest = [a for a, s in sizes.items() if s == -1]
+    if len(rest) > 1:
+        raise ShardingError(f"mesh {shown}: at most one axis may be -1 (the rest)")
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if rest:
+        if n_devices % fixed:
+            raise ShardingError(
+                f"mesh {shown} needs a multiple of {fixed} devices, but there are {n_devices}; "
+                f"change mesh sizes so that they divide {n_devices}"
+            )
+        sizes[rest[0]] = n_devices // fixed
+    elif fixed != n_devices:
+        raise ShardingError(
+            f"mesh {shown} needs {fixed} devices, but there are {n_devices}; set one axis to "
+            f"-1 (the rest) or sizes whose product is {n_devices}"
+            + ("; `tandemc compile` checks bigger meshes on abstract devices" if fixed > n_devices
+               else "")
+        )  # fmt: skip
+    return sizes
+
+
+def make_mesh(mesh: MeshIR, devices=None) -> Mesh:
+    """A concrete `jax.sharding.Mesh` over `devices` (default: every device of every host)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_sizes(mesh, len(devices))
+    shape, names = tuple(sizes.values()), tuple(sizes)
+    try:  # jax.make_mesh orders devices for the hardware topology (TPU/GPU)
+        return jax.make_mesh(shape, names, (AxisType.Auto,) * len(shape), devices=devices)
+    except Exception:
+        return Mesh(np.array(devices).reshape(shape), names)
+
+
+def abstract_mesh(mesh: MeshIR, n_devices: int) -> AbstractMesh:
+    """Devices that need not exist: for lowering and export of pod-sized meshes."""
+    sizes = mesh_sizes(mesh, n_devices)
+    return AbstractMesh(tuple(sizes.values()), tuple(sizes))
+
+
+def compile_devices(mesh: MeshIR, local: int) -> int:
+    """Devices `tandemc compile` targets: the local ones, or the spec's fixed mesh when that
+    is bigger (a -1 axis then counts 1)."""
+    fixed = math.prod(s for _, s in mesh.axes if s != -1)
+    return fixed if fixed > local else local
+
+
+def rules_of(mesh: MeshIR) -> tuple[tuple[str, str | None], ...]:
+    return tuple(mesh.rules) or DEFAULT_RULES
+
+
+def _path_name(path) -> str:
+    parts = []
+    for entry in path:
+        key = getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", None)))
+        parts.append(str(key))
+    return "/".join(parts)
+
+
+@dataclass
+class Sharder:
+    """Shardings of a program's pytrees on one mesh (concrete or abstract)."""
+
+    mesh: Mesh | AbstractMesh
+    rules: tuple[tuple[str, str | None], ...]
+    notes: list[str] = field(default_factory=list)  # dims replicated despite a rule
+
+    @classmethod
+    def for_run(cls, prog: ProgramIR, devices=None) -> Sharder:
+        return cls(make_mesh(prog.mesh, devices), rules_of(prog.mesh))
+
+    @classmethod
+    def for_compile(cls, prog: ProgramIR, n_devices: int | None = None) -> Sharder:
+        """The local devices when the mesh fits them, else abstract devices."""
+        local = jax.devices()
+        n = n_devices or compile_devices(prog.mesh, len(local))
+        if n == len(local):
+            return cls.for_run(prog, local)
+        return cls(abstract_mesh(prog.mesh, n), rules_of(prog.mesh))
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return dict(self.mesh.shape)
+
+    @property
+    def n_devices(self) -> int:
+        return math.prod(self.sizes.values())
+
+    @property
+    def abstract(self) -> bool:
+        return isinstance(self.mesh, AbstractMesh)
+
+    def describe(self) -> str:
+        mesh = " x ".join(f"{a}={s}" for a, s in self.sizes.items())
+        kind = "abstract devices" if self.abstract else f"{jax.devices()[0].platform} devices"
+        return f"mesh {mesh} ({self.n_devices} {kind})"
+
+    # --- logical axes -> PartitionSpec ------------------------------------------------------
+
+    def spec(self, axes: tuple[str | None, ...], shape: tuple[int, ...], name: str) -> P:
+        """PartitionSpec of an array with logical `axes` (None = never sharded)."""
+        used: set[str] = set()
+        out: list[str | None] = []
+        for logical, dim in zip(axes, shape, strict=True):
+            if logical is None:
+                out.append(None)
+                continue
+            matching = [m for lg, m in self.rules if lg == logical]
+            if not matching:
+                raise ShardingError(
+                    f"parameter {name}: logical axis '{logical}' matches no sharding rule; add "
+                    f"a rule such as [{logical}, model] or [{logical}, null] (replicated) to "
+                    "the spec's `sharding` list"
+                )
+            chosen = None
+            for m in matching:
+                if m is None:
+                    break
+                size = self.sizes.get(m, 1)
+                if m not in used and dim % size == 0:
+                    chosen = m
+                    break
+                if m not in used and size > 1:
+                    self.notes.append(
+                        f"{name}: {logical}={dim} is not divisible by {m}={size}, replicated"
+                    )
+            if chosen is not None:  # size-1 axes kept: the same layout on every mesh
+                used.add(chosen)
+                out.append(chosen)
+            else:
+                out.append(None)
+        while out and out[-1] is None:
+            out.pop()
+        return P(*out)
+
+    def named(self, spec: P) -> NamedSharding:
+        return NamedSharding(self.mesh, spec)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return self.named(P())
+
+    def _from_axes(self, tree, prefix: str):
+        """NamedShardings for a params or cache tree; every uncovered leaf is reported at
+        once (a ShardingError naming them)."""
+        from .nn import logical_axes
+
+        errors: list[str] = []
+
+        def one(path, axes, x):
+            try:
+                return self.named(self.spec(axes, x.shape, _join(prefix, path)))
+            except ShardingError as e:
+                errors.append(str(e))
+                return None
+
+        axes = logical_axes(tree)
+        out = jax.tree_util.tree_map_with_path(
+            one,
+            axes,
+            tree,
+            is_leaf=lambda a: isinstance(a, tuple) and all(isinstance(s, str | None) for s in a),
+        )
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise ShardingError(errors[0] + more)
+        return out
+
+    # --- pytrees ------------------------------------------------------------------------------
+
+    def params(self, params: dict) -> dict:
+        """{model or projection name: tree of NamedSharding}, as `nn.init_params` builds."""
+        return {name: self._from_axes(tree, name) for name, tree in params.items()}
+
+    def cache(self, cache, name: str = "cache"):
+        """A KV cache (list of {"k", "v"} [B, S, K, E]): batch over data, kv_heads over model."""
+        if cache is None:
+            return None
+        return self._from_axes(cache, name)
+
+    def tokens(self, shape: tuple[int, ...]) -> NamedSharding:
+        """Token batches [B, T] (or [B]): batch over data."""
+        axes = ("batch", "length")[: len(shape)]
+        return self.named(self.spec(axes, shape, "batch"))
+
+    def train_state(self, prog: ProgramIR, stage: TrainStageIR, state: dict) -> dict:
+        """`compiler.train.init_train_state`'s dict: params and frozen by the rules, optimizer
+        state leaves like the parameter they mirror, counters replicated."""
+        params = self.params(state["params"])
+        by_path = {
+            _dict_keys(path): (leaf.shape, sh)
+            for (path, leaf), sh in zip(
+                jax.tree_util.tree_leaves_with_path(state["params"]),
+                jax.tree.leaves(params),
+                strict=True,
+            )
+        }
+
+        def opt_leaf(path, leaf):
+            found = by_path.get(_dict_keys(path))
+            if found is not None and found[0] == leaf.shape:
+                return found[1]
+            if leaf.ndim:
+                self.notes.append(
+                    f"{stage.name}: optimizer state {_path_name(path)} mirrors no parameter, "
+                    "replicated"
+                )
+            return self.replicated
+
+        return {
+            "step": self.replicated,
+            "params": params,
+            "frozen": self.params(state["frozen"]),
+            "opt_state": jax.tree_util.tree_map_with_path(opt_leaf, state["opt_state"]),
+        }
+
+    # --- placing and constraining ------------------------------------------------------------
+
+    def put(self, tree, shardings):
+        """Host or single-device arrays -> global arrays with `shardings` (every process holds
+        the same full values, as with a shared seed or checkpoint)."""
+
+        def one(x, s):
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+        return jax.tree.map(one, tree, shardings)
+
+    @staticmethod
+    def constrain(tree, shardings):
+        return jax.tree.map(jax.lax.with_sharding_constraint, tree, shardings)
+
+    @staticmethod
+    def abstract_args(tree, shardings):
+        """ShapeDtypeStructs carrying shardings (jit's in_shardings when lowering)."""
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+        )
+
+    # --- reports -------------------------------------------------------------------------------
+
+    def report(self, params: dict, shardings: dict) -> list[dict]:
+        """Per parameter group (model or projection, then leaf kind with layers folded):
+        shape, logical axes, PartitionSpec, total and per-device bytes."""
+        from .nn import logical_axes
+
+        rows: dict[tuple[str, str], dict] = {}
+        for name, tree in params.items():
+            axes = logical_axes(tree)
+            flat = jax.tree_util.tree_leaves_with_path(tree)
+            for (path, x), a, s in zip(
+                flat,
+                jax.tree.leaves(axes, is_leaf=lambda t: isinstance(t, tuple)),
+                jax.tree.leaves(shardings[name]),
+                strict=True,
+            ):
+                group = re.sub(r"layers_\d+", "layers_*", _path_name(path))
+                nbytes = x.size * jnp.dtype(x.dtype).itemsize
+                row = rows.setdefault(
+                    (name, group),
+                    {"part": name, "group": group, "count": 0, "shape": list(x.shape),
+                     "axes": list(a), "spec": _spec_str(s.spec), "bytes": 0,
+                     "device_bytes": 0},
+                )  # fmt: skip
+                row["count"] += 1
+                row["bytes"] += nbytes
+                row["device_bytes"] += self.device_bytes(x, s)
+        return list(rows.values())
+
+    def device_bytes(self, x, sharding: NamedSharding) -> int:
+        """Bytes of one device's shard of `x`."""
+        split = 1
+        for entry in sharding.spec:
+            for axis in (entry,) if isinstance(entry, str) else (entry or ()):
+                split *= self.sizes[axis]
+        return x.size * jnp.dtype(x.dtype).itemsize // split
+
+    def tree_device_bytes(self, tree, shardings) -> int:
+        return sum(
+            self.device_bytes(x, s)
+            for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True)
+        )
+
+
+def _dict_keys(path) -> tuple[str, ...]:
+    """The trailing run of dict keys of a path (an optimizer state leaf's parameter path)."""
+    out: list[str] = []
+    for entry in reversed(path):
+        if not isinstance(entry, jax.tree_util.DictKey):
+            break
+        out.append(str(entry.key))
+    return tuple(reversed(out))
+
+
+def _join(prefix: str, path) -> str:
+    rest = _path_name(path)
+    return f"{prefix}/{rest}" if rest else prefix
+
+
+def _spec_str(spec: P) -> str:
+    return "P(" + ", ".join("None" if e is None else repr(e) for e in spec) + ")"
+
+
+def maybe_initialize_distributed(enabled: bool) -> bool:
+    """`jax.distributed.initialize()` from the environment (coordinator address, process
+    count and id, or the cluster's own variables on TPU pods, SLURM, Kubernetes...).
+    Must run before anything touches the devices. Returns whether it ran."""
+    if not enabled:
+        return False
+    if not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    return True
+
+
+# --- sharded programs (one code path: a 1x1 mesh is the single-device case) -------------------
+
+
+def train_step_program(prog: ProgramIR, stage: TrainStageIR, sh: Sharder, state, *,
+                       compiler_options: dict | None = None):  # fmt: skip
+    """(jitted train_step, jitted eval_step, state shardings, batch sharding).
+
+    train_step(state, batch [B, T+1], rng) -> (state, metrics): explicit in/out shardings,
+    the state donated; the batch is split over `data`, parameters over `model` per the rules.
+    """
+    from .train import make_eval_step, make_train_step
+
+    state_sh = sh.train_state(prog, stage, state)
+    batch_sh = sh.tokens((stage.batch, stage.seq_len + 1))
+    rep = sh.replicated
+    train_step = jax.jit(
+        make_train_step(prog, stage),
+        in_shardings=(state_sh, batch_sh, rep),
+        out_shardings=(state_sh, rep),
+        donate_argnums=0,
+        compiler_options=compiler_options,
+    )
+    eval_step = jax.jit(
+        make_eval_step(prog, stage),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=rep,
+        compiler_options=compiler_options,
+    )
+    return train_step, eval_step, state_sh, batch_sh
+
+
+def _constrain_caches(sh: Sharder, cfg, state):
+    """The loop state with both KV caches pinned to their shardings (kv_heads over model)."""
+    large = sh.constrain(state.large_cache, sh.cache(state.large_cache, f"{cfg.target.name}/cache"))
+    small = state.small_cache
+    if small is not None:
+        small = sh.constrain(small, sh.cache(small, f"{cfg.draft.name}/cache"))
+    return state.replace(large_cache=large, small_cache=small)
+
+
+def sharded_prefill(cfg, sh: Sharder):
+    """`compiler.decode.loops.prefill` with its caches sharded."""
+    from .decode import loops
+
+    def prefill(params, prompt, prompt_lens, key):
+        return _constrain_caches(sh, cfg, loops.prefill(cfg, params, prompt, prompt_lens, key))
+
+    return prefill
+
+
+def sharded_generate(cfg, sh: Sharder):
+    """`compiler.decode.loops.generate` (prefill, one while_loop, finalize) with the KV caches
+    pinned to their shardings in the carry: still one program for the whole generation."""
+    from .decode import loops
+    from .decode.state import finalize
+
+    round_fn = loops.ROUNDS[cfg.policy]
+
+    def generate(params, prompt, prompt_lens, key):
+        state = _constrain_caches(sh, cfg, loops.prefill(cfg, params, prompt, prompt_lens, key))
+        state = jax.lax.while_loop(
+            lambda s: jnp.any(~s.done),
+            lambda s: _constrain_caches(sh, cfg, round_fn(cfg, params, s)),
+            state,
+        )
+        return finalize(cfg, state)
+
+    return generate
+
+
+def generate_program(prog: ProgramIR, decode, sh: Sharder, *, batch: int | None = None,
+                     compiler_options: dict | None = None):  # fmt: skip
+    """fn(params, prompt [B, P], prompt_lens [B], key) -> GenerateResult, jitted with the
+    params sharded by the rules (the large model's weights over `model`), prompts over
+    `data` where the batch divides, and the result replicated."""
+    from .decode import loop_config
+
+    cfg = loop_config(prog, decode)
+    options = tuple(sorted((compiler_options or {}).items()))
+    return _generate_jit(cfg, sh.mesh, sh.rules, batch or prog.batch, options, prog)
+
+
+_GENERATE_CACHE: dict = {}
+
+
+def _generate_jit(cfg, mesh, rules, batch, options, prog):
+    key = (cfg, mesh, rules, batch, options)
+    if key not in _GENERATE_CACHE:
+        from .programs import abstract_params
+
+        sh = Sharder(mesh, rules)
+        params_sh = sh.params(abstract_params(prog))
+        rows = sh.tokens((batch,))
+        _GENERATE_CACHE[key] = jax.jit(
+            sharded_generate(cfg, sh),
+            in_shardings=(params_sh, sh.named(rows.spec), rows, sh.replicated),
+            out_shardings=sh.replicated,
+            compiler_options=dict(options) or None,
+        )
+    return _GENERATE_CACHE[key]
+
+
+def summary(prog: ProgramIR, sh: Sharder) -> dict:
+    """What `tandemc compile` prints: the mesh, every parameter group's sharding, and bytes
+    per device of the parameters, each stage's train state and the decode KV caches."""
+    from .programs import abstract_params, train_state_shape
+
+    params = abstract_params(prog)
+    params_sh = sh.params(params)
+    out: dict = {
+        "mesh": sh.sizes,
+        "devices": sh.n_devices,
+        "abstract": sh.abstract,
+        "rules": [list(r) for r in sh.rules],
+        "default_rules": not prog.mesh.rules,
+        "groups": sh.report(params, params_sh),
+        "device_bytes": {},
+    }
+    for name, tree in params.items():
+        out["device_bytes"][f"params:{name}"] = sh.tree_device_bytes(tree, params_sh[name])
+    for stage in prog.train:
+        state = train_state_shape(prog, stage, params)
+        state_sh = sh.train_state(prog, stage, state)
+        out["device_bytes"][f"train_state:{stage.name}"] = sh.tree_device_bytes(state, state_sh)
+    if prog.decode is not None:
+        d = prog.decode
+        for name in (d.target, d.draft):
+            if name is None:
+                continue
+            from . import nn
+
+            m = prog.model(name)
+            cache = jax.eval_shape(lambda m=m: nn.init_cache(m, prog.batch, prog.max_len))
+            out["device_bytes"][f"kv_cache:{name}"] = sh.tree_device_bytes(
+                cache, sh.cache(cache, f"{name}/cache")
+            )
+    notes = {re.sub(r"layers_\d+", "layers_*", n) for n in sh.notes}
+    out["notes"] = sorted(notes)
+    return out
