@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,8 @@ import numpy as np
 
 from compiler import nn
 from compiler.build import build_ir
-from compiler.decode import make_generate
 from compiler.ir import DecodeIR, ProgramIR
+from compiler.sharding import Sharder, generate_program, maybe_initialize_distributed
 from tandem_dsl import api
 
 from . import checkpoint
@@ -38,12 +39,29 @@ class Run:
     tokenizer: object
     log: object = print  # log(str): progress and tables go here
     params: dict | None = None
+    sharded: tuple | None = None  # (params, the same params on the spec's mesh)
 
 
-def open_run(spec_path, overrides=(), run_dir: str | Path | None = None, log=print) -> Run:
-    """Loads and checks a spec (SpecError on bad input) and prepares its run directory."""
+def open_run(
+    spec_path,
+    overrides=(),
+    run_dir: str | Path | None = None,
+    log=print,
+    distributed: bool | None = None,
+) -> Run:
+    """Loads and checks a spec (SpecError on bad input) and prepares its run directory.
+
+    distributed: call `jax.distributed.initialize()` first (multi-host; default: when the
+    environment variable TANDEM_DISTRIBUTED is 1)."""
+    if distributed is None:
+        distributed = os.environ.get("TANDEM_DISTRIBUTED", "") == "1"
+    maybe_initialize_distributed(distributed)
     spec = api.load(spec_path, overrides)
     prog = build_ir(spec)
+    try:
+        Sharder.for_run(prog)  # an impossible mesh fails here, before any work
+    except ValueError as e:
+        raise UserError(str(e)) from None
     run_dir = Path(run_dir) if run_dir else Path("runs") / spec.name
     try:
         tokenizer = _tokenizer(spec, run_dir, log)
@@ -174,18 +192,22 @@ def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[St
 
 def evaluate_stages(r: Run) -> dict:
     """Each stage's objective on the validation split, with the trained parameters."""
-    from compiler.train import init_train_state, make_eval_step
+    from compiler.sharding import train_step_program
+    from compiler.train import init_train_state
 
     from .corpus import data_for_spec
     from .train import evaluate
 
     data = data_for_spec(r.spec, r.tokenizer)
     params = trained_params(r, require=True)
+    sh = Sharder.for_run(r.prog)
     out = {}
     for stage in r.prog.train:
         state = init_train_state(r.prog, stage, params)
+        _, eval_step, state_sh, batch_sh = train_step_program(r.prog, stage, sh, state)
         batches = data.validation(stage.seq_len, stage.batch, stage.eval_batches)
-        out[stage.name] = evaluate(jax.jit(make_eval_step(r.prog, stage)), state, batches)
+        batches = [sh.put(b, batch_sh) for b in batches]
+        out[stage.name] = evaluate(eval_step, sh.put(state, state_sh), batches)
     return out
 
 
@@ -222,6 +244,16 @@ def encode_prompts(r: Run, prompts: list[str], decode: DecodeIR) -> tuple[np.nda
     return out, np.array([len(x) for x in rows], np.int32)
 
 
+def _sharded_params(r: Run) -> dict:
+    """The trained params placed once on the spec's mesh (the large model's weights over
+    `model` per the sharding rules)."""
+    params = trained_params(r)
+    if r.sharded is None or r.sharded[0] is not params:
+        sh = Sharder.for_run(r.prog)
+        r.sharded = (params, sh.put(params, sh.params(params)))
+    return r.sharded[1]
+
+
 def _max_gamma(d: DecodeIR) -> int:
     return d.adaptive.max_gamma if d.adaptive else d.gamma
 
@@ -235,9 +267,9 @@ def generate(
         raise UserError("the spec has no decode section: add one to generate")
     eos = getattr(r.tokenizer, "eos_id", -1)
     decode = dataclasses.replace(decode, eos_id=eos if r.spec.decode.stop_at_eos else -1)
-    params = trained_params(r)
+    params = _sharded_params(r)
     tokens, lens = encode_prompts(r, prompts, decode)
-    fn = make_generate(r.prog, decode)
+    fn = generate_program(r.prog, decode, Sharder.for_run(r.prog), batch=len(prompts))
     key = jax.random.PRNGKey(decode.sampling.seed)
     result = fn(params, jnp.asarray(tokens), jnp.asarray(lens), key)  # compile + warm-up
     jax.block_until_ready(result)

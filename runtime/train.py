@@ -20,7 +20,8 @@ from pathlib import Path
 import jax
 
 from compiler.ir import ProgramIR, TrainStageIR
-from compiler.train import all_params, init_train_state, make_eval_step, make_train_step
+from compiler.sharding import Sharder, train_step_program
+from compiler.train import all_params, init_train_state
 
 from . import checkpoint
 from .errors import UserError
@@ -107,10 +108,10 @@ def train_stage(
     position (None: the beginning) with a `.state()` method; val_batches() -> a fixed list.
     `stop_after_steps` ends early without marking the stage complete (for tests of resume).
     `meta` (e.g. the resolved spec) is recorded in every checkpoint.
+    The state lives on the spec's mesh (`compiler.sharding`): batches split over `data`,
+    parameters and optimizer state over `model` per the rules; one device is a 1x1 mesh.
     """
     final = stage_dir / "final.json"
-    # The train step donates its state; copy so the caller's arrays stay valid.
-    params = jax.tree.map(lambda x: x.copy(), params)
     template = init_train_state(prog, stage, params)
     shape_hash = checkpoint.shape_hash(template)
     if final.exists():
@@ -126,10 +127,12 @@ def train_stage(
     if last is not None:
         state, meta = checkpoint.restore(last, template)
         position, step = meta["data"], meta["step"]
+    sh = Sharder.for_run(prog)
+    train_step, eval_step, state_sh, batch_sh = train_step_program(prog, stage, sh, state)
+    # Fresh global arrays: the train step donates its state, the caller's params stay valid.
+    state = sh.put(state, state_sh)
     rng = jax.random.PRNGKey(stage.seed)
-    train_step = jax.jit(make_train_step(prog, stage), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(prog, stage))
-    val = val_batches()
+    val = [sh.put(b, batch_sh) for b in val_batches()]
     batches = train_batches(position)
     metrics_file = stage_dir / "metrics.jsonl"
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,7 @@ def train_stage(
     end = stage.steps if stop_after_steps is None else min(stage.steps, stop_after_steps)
     with open(metrics_file, "a") as log, _closing(batches):
         while step < end:
-            batch = next(batches)
+            batch = sh.put(next(batches), batch_sh)
             # fold_in(step): the same noise at a step whether or not the run was resumed.
             state, m = train_step(state, batch, jax.random.fold_in(rng, step))
             step += 1
