@@ -101,7 +101,11 @@ def _tokenizer(spec, run_dir: Path, log):
 def initial_params(r: Run) -> dict:
     """Random init, then every model whose spec says `init: {from: checkpoint | gguf |
     safetensors}` loaded."""
-    params = nn.init_params(r.prog, jax.random.PRNGKey(0))
+    imported = {n for n, m in r.spec.models.items() if m.init.from_ in ("gguf", "safetensors")}
+    # imported models are not drawn first (135M normals take longer than reading the file);
+    # every other part's values depend only on its own name, so they are unchanged
+    models = tuple(m for m in r.prog.models if m.name not in imported)
+    params = nn.init_params(dataclasses.replace(r.prog, models=models), jax.random.PRNGKey(0))
     for name, m in r.spec.models.items():
         source = m.init.from_
         if source == "random":
