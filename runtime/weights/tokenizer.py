@@ -45,7 +45,9 @@ class ImportedTokenizer(HFJsonTokenizer):
 
 
 def _pre_tokenizer(pre: str, path):
-    """llama.cpp's pre-tokenizer names -> the `tokenizers` equivalent (tested ones only)."""
+    """llama.cpp's pre-tokenizer names -> the `tokenizers` equivalent (tested ones only).
+    A file without `tokenizer.ggml.pre` gets llama.cpp's "default" splitting, which has no
+    exact `tokenizers` equivalent here, so it is refused rather than approximated."""
     from tokenizers import pre_tokenizers as pt
 
     byte_level = pt.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -76,7 +78,7 @@ def gguf_tokenizer(path: str | Path) -> ImportedTokenizer:
     tok = Tokenizer(
         models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False)
     )
-    tok.pre_tokenizer = _pre_tokenizer(field(r, "tokenizer.ggml.pre", "gpt-2"), path)
+    tok.pre_tokenizer = _pre_tokenizer(field(r, "tokenizer.ggml.pre", "default"), path)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.add_special_tokens(

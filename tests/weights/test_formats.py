@@ -136,3 +136,12 @@ def test_unsupported_extras_are_rejected(tmp_path, tok, models, files):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="RoPE scaling"):
         weights.read_architecture("safetensors", folder)
+
+
+def test_unsupported_tokenizer_metadata_is_refused(tmp_path, models, tok, monkeypatch):
+    import gguf
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tokenizer_pre", lambda self, pre: None)
+    path = lf.save_gguf(models[False], tok, tmp_path / "nopre.gguf")
+    with pytest.raises(ValueError, match="pre-tokenizer 'default' is not supported"):
+        weights.load_tokenizer("gguf", path)
