@@ -160,8 +160,6 @@ def generation_programs(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
     from .decode.verify import verify
 
     d = prog.decode
-    if d.draft_ngram:
-        return []  # prompt-lookup drafting has no compiled loop yet
     cfg = loop_config(prog, d)
     params = abstract_params(prog)
     batch, vocab = prog.batch, prog.model(d.target).vocab

@@ -57,10 +57,13 @@ def draft(
     key,
     rule,
     tail: bool,
+    limit: jax.Array | None = None,
 ) -> Drafts:
     """Draft from x_f = last [B] at position frontier [B]; active [B] rows count calls.
 
-    rule(signal, params) -> continue [B]. With tail, process the last draft at f + n_draft.
+    rule(signal, params) -> continue [B]; a stateful rule has `init(batch) -> carry` and
+    `step(signal, params, carry) -> (continue [B], carry)`. limit [B]: per-row most drafts.
+    With tail, process the last draft at f + n_draft.
     """
     g = cfg.gamma
     b = last.shape[0]
@@ -82,31 +85,45 @@ def draft(
             lbuf = lbuf.at[:, i].set(logits)
         return toks, qbuf, lbuf, DraftSignal(logits, conf, tok, i + 1)
 
+    stateful = hasattr(rule, "init")
+
+    def decide(signal, rc):
+        if stateful:
+            cont, rc = rule.step(signal, params, rc)
+        else:
+            cont = rule(signal, params)
+        if limit is not None:
+            cont = cont & (signal.step < limit)
+        return cont, rc
+
     def body(c):
-        i, cache, toks, qbuf, lbuf, n_draft, calls, cont = c
+        i, cache, toks, qbuf, lbuf, n_draft, calls, cont, rc = c
         # input x_f (i = 0) or d_i = toks[:, i - 1], at position f + i
         inp = jnp.where(i == 0, last, toks[:, jnp.maximum(i - 1, 0)])
         logits, cache = small_step(cfg, params, cache, inp[:, None], frontier + i)
         toks, qbuf, lbuf, signal = record(i, logits[:, 0], toks, qbuf, lbuf)
         n_draft = n_draft + cont.astype(jnp.int32)
         calls = calls + (cont & active).astype(jnp.int32)
-        cont = cont & rule(signal, params)
-        return i + 1, cache, toks, qbuf, lbuf, n_draft, calls, cont
+        more, rc = decide(signal, rc)
+        cont = cont & more
+        return i + 1, cache, toks, qbuf, lbuf, n_draft, calls, cont, rc
 
     def cond(c):
-        i, cont = c[0], c[-1]
+        i, cont = c[0], c[-2]
         return (i < g) & jnp.any(cont & active)
 
     zero = jnp.zeros((b,), jnp.int32)
-    carry = (jnp.int32(0), cache, toks, qbuf, lbuf, zero, zero, jnp.ones((b,), bool))
+    rc = rule.init(b) if stateful else ()
+    carry = (jnp.int32(0), cache, toks, qbuf, lbuf, zero, zero, jnp.ones((b,), bool), rc)
     if cfg.independent:  # peeled first step: [x_{f-1}, x_f] at f - 1 (see the module doc)
         start0 = jnp.maximum(frontier - 1, 0)  # [B]
         logits2, cache = small_step(cfg, params, cache, jnp.stack([prev, last], 1), start0)
         logits0 = gather_rows(logits2, frontier - start0)  # [B, V] at position f
         toks, qbuf, lbuf, signal = record(0, logits0, toks, qbuf, lbuf)
         one = jnp.ones((b,), jnp.int32)
-        carry = (jnp.int32(1), cache, toks, qbuf, lbuf, one, act, rule(signal, params))
-    _, cache, toks, qbuf, lbuf, n_draft, calls, _ = jax.lax.while_loop(cond, body, carry)
+        cont, rc = decide(signal, rc)
+        carry = (jnp.int32(1), cache, toks, qbuf, lbuf, one, act, cont, rc)
+    _, cache, toks, qbuf, lbuf, n_draft, calls, _, _ = jax.lax.while_loop(cond, body, carry)
     if tail:  # own K/V for the last draft, needed if every draft is accepted
         last_draft = gather_rows(toks, n_draft - 1)  # [B]
         _, cache = small_step(cfg, params, cache, last_draft[:, None], frontier + n_draft)

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from compiler.decode.drafting import draft, small_step
-from compiler.decode.rules import FixedRule
+from compiler.decode.lookup import ngram_draft
+from compiler.decode.rules import FixedRule, HeuristicRule
 from compiler.decode.sampling import probs, sample
 from compiler.decode.state import (
     DecodeStats,
@@ -109,6 +110,12 @@ def prefill(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> LoopStat
         key=key,
         stats=stats,
         logits=jnp.zeros((b, cfg.buf_len, v), jnp.float32) if cfg.return_logits else None,
+        context=jnp.zeros((b, s), jnp.int32).at[:, :p].set(prompt) if cfg.ngram else None,
+        budget=(
+            jnp.full((b,), cfg.stop_rule.start, jnp.int32)
+            if isinstance(cfg.stop_rule, HeuristicRule)
+            else None
+        ),
     )
     if not first:
         return state
@@ -176,22 +183,53 @@ def standalone_round(cfg: LoopConfig, params: dict, state: LoopState) -> LoopSta
     return emit(cfg, new, toks, count, rec)
 
 
-def speculative_round(cfg: LoopConfig, params: dict, state: LoopState) -> LoopState:
+def verify_block(cfg: LoopConfig, params: dict, large_cache, block, start, n_need):
+    """M_L over block [B, G+1] at start [B] -> (logits [B, G+1, V], hiddens, large_cache).
+
+    With buckets, the pass runs on the smallest bucket of b + 1 tokens with b >= n_need (the
+    most drafts any active row holds): `lax.switch` inside the loop, one compiled branch per
+    bucket; outputs past the bucket are zero padding that verification never reads (it looks
+    at positions <= n_draft only)."""
+    tp = params[cfg.target.name]
+    if not cfg.buckets:
+        return decoder_block(tp, cfg.target, large_cache, block, start)
+    g = block.shape[1] - 1
+
+    def branch(nb):
+        def run(cache, block):
+            logits, hiddens, cache = decoder_block(tp, cfg.target, cache, block[:, : nb + 1], start)
+            pad = [(0, 0), (0, g - nb), (0, 0)]
+            return jnp.pad(logits, pad), [jnp.pad(h, pad) for h in hiddens], cache
+
+        return run
+
+    sizes = jnp.asarray(cfg.buckets, jnp.int32)
+    idx = jnp.minimum(jnp.sum(sizes < n_need), len(cfg.buckets) - 1)
+    return jax.lax.switch(idx, [branch(nb) for nb in cfg.buckets], large_cache, block)
+
+
+def speculative_step(cfg: LoopConfig, params: dict, state: LoopState):
+    """One draft + verify round -> (new state, drafts, target logits [B, G+1, V])."""
     g, b = cfg.gamma, state.n.shape[0]
     f, active = state.frontier, ~state.done
     key, k_draft, k_verify = jax.random.split(state.key, 3)
     rule = cfg.stop_rule if cfg.stop_rule is not None else FixedRule(g)
-    d = draft(cfg, params, state.small_cache, state.last, state.prev, f, active, k_draft,
-              rule, cfg.partial)  # fmt: skip
+    if cfg.ngram:
+        d = ngram_draft(state.context, f, cfg.ngram, g)
+    else:
+        d = draft(cfg, params, state.small_cache, state.last, state.prev, f, active, k_draft,
+                  rule, cfg.partial, limit=state.budget)  # fmt: skip
     block = jnp.concatenate([state.last[:, None], d.tokens], axis=1)  # [B, G+1] x_f, d_1..d_G
-    logits, hiddens, large_cache = decoder_block(
-        params[cfg.target.name], cfg.target, state.large_cache, block, f
-    )  # logits[:, i] is p_{f+i+1}
+    n_need = jnp.max(jnp.where(active, d.n_draft, 0))
+    logits, hiddens, large_cache = verify_block(cfg, params, state.large_cache, block, f, n_need)
+    # logits[:, i] is p_{f+i+1}
     greedy = cfg.sampling.greedy
     p = logits if greedy else probs(logits, cfg.sampling)
     res = verify(k_verify, d.tokens, d.q, p, d.n_draft, greedy=greedy)
     k = res.n_accepted  # [B]
-    small_cache = _memory(cfg, params, d.cache, hiddens, f, k + 1)  # x_f and accepted drafts
+    small_cache = None
+    if d.cache is not None:  # x_f and accepted drafts
+        small_cache = _memory(cfg, params, d.cache, hiddens, f, k + 1)
     i = jnp.arange(g + 1)[None, :]
     seq = jnp.concatenate([block, jnp.zeros((b, 1), jnp.int32)], axis=1)  # [B, G+2]
     seq = jnp.where(jnp.arange(g + 2)[None, :] == k[:, None] + 1, res.next_token[:, None], seq)
@@ -206,9 +244,16 @@ def speculative_round(cfg: LoopConfig, params: dict, state: LoopState) -> LoopSt
         accepted_by_pos=st.accepted_by_pos + a[:, None] * res.accepted,
         drafted_by_pos=st.drafted_by_pos + a[:, None] * (i[:, :g] < d.n_draft[:, None]),
     )
+    budget = state.budget
+    if budget is not None:
+        budget = jnp.where(active, rule.update(budget, k, d.n_draft), budget)
     new = _advance(state, seq, k + 1, key=key, large_cache=large_cache,
-                   small_cache=small_cache, stats=stats)  # fmt: skip
-    return emit(cfg, new, toks, k + 1, logits)
+                   small_cache=small_cache, stats=stats, budget=budget)  # fmt: skip
+    return emit(cfg, new, toks, k + 1, logits), d, logits
+
+
+def speculative_round(cfg: LoopConfig, params: dict, state: LoopState) -> LoopState:
+    return speculative_step(cfg, params, state)[0]
 
 
 ROUNDS = {

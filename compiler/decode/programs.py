@@ -48,21 +48,32 @@ def _stop_rule(decode: DecodeIR, stop_rule):
     )
 
 
+def default_buckets(gamma: int) -> tuple[int, ...]:
+    """Verify-block buckets (draft counts) for a variable draft length: 1, 2, 4, ... and gamma."""
+    out, b = [], 1
+    while b < gamma:
+        out.append(b)
+        b *= 2
+    return (*out, gamma)
+
+
 def loop_config(
     prog: ProgramIR,
     decode: DecodeIR | None = None,
     *,
     stop_rule: Callable | None = None,
     return_logits: bool = False,
+    buckets: tuple[int, ...] | None = None,
 ) -> LoopConfig:
-    """Validate a decode section against the program and build the static loop config."""
+    """Validate a decode section against the program and build the static loop config.
+
+    buckets: the draft counts the verify pass is compiled for when the draft length varies
+    (prompt lookup: (0, gamma); adaptive: `default_buckets(max_gamma)`); () turns them off."""
     decode = decode or prog.decode
     if decode is None:
         raise ValueError(f"program {prog.name!r} has no decode section")
     if decode.policy not in POLICIES:
         raise ValueError(f"decode.policy {decode.policy!r}: expected one of {POLICIES}")
-    if decode.draft_ngram > 0:
-        raise NotImplementedError("prompt-lookup (n-gram) drafting is not implemented yet")
     if decode.max_new_tokens < 1:
         raise ValueError(f"decode.max_new_tokens must be >= 1, got {decode.max_new_tokens}")
     _check_sampling(decode.sampling)
@@ -73,6 +84,17 @@ def loop_config(
     )  # fmt: skip
     if decode.policy == "autoregressive":
         return LoopConfig(policy="autoregressive", draft=None, wiring=None, gamma=1, **common)
+    if decode.draft_ngram > 0:
+        if decode.policy != "speed":
+            raise ValueError(
+                f"prompt-lookup drafts (draft: {{kind: ngram}}) need policy 'speed', not "
+                f"{decode.policy!r}"
+            )
+        if decode.gamma < 1:
+            raise ValueError(f"decode.gamma must be >= 1, got {decode.gamma}")
+        bk = (0, decode.gamma) if buckets is None else _check_buckets(buckets, decode.gamma)
+        return LoopConfig(policy="speed", draft=None, wiring=None, gamma=decode.gamma,
+                          ngram=decode.draft_ngram, buckets=bk, **common)  # fmt: skip
 
     if decode.draft is None:
         raise ValueError(f"decode.policy {decode.policy!r} needs decode.draft (a model name)")
@@ -104,9 +126,22 @@ def loop_config(
                           **common)  # fmt: skip
     if decode.adaptive is None:
         raise ValueError("decode.policy 'adaptive' needs a decode.adaptive section")
-    return LoopConfig(policy="adaptive", draft=draft, wiring=wiring,
-                      gamma=decode.adaptive.max_gamma, stop_rule=_stop_rule(decode, stop_rule),
+    g = decode.adaptive.max_gamma
+    bk = default_buckets(g) if buckets is None else _check_buckets(buckets, g)
+    return LoopConfig(policy="adaptive", draft=draft, wiring=wiring, gamma=g,
+                      stop_rule=_stop_rule(decode, stop_rule), buckets=bk,
                       **common)  # fmt: skip
+
+
+def _check_buckets(buckets, gamma: int) -> tuple[int, ...]:
+    bk = tuple(int(x) for x in buckets)
+    if not bk:
+        return ()
+    if list(bk) != sorted(set(bk)) or bk[0] < 0 or bk[-1] != gamma:
+        raise ValueError(
+            f"verify buckets {bk} must be distinct ascending draft counts >= 0 ending at {gamma}"
+        )
+    return bk
 
 
 class DecodePrograms(NamedTuple):
@@ -146,8 +181,10 @@ def make_programs(
     stop_rule: Callable | None = None,
     return_logits: bool = False,
     compiler_options: dict | None = None,
+    buckets: tuple[int, ...] | None = None,
 ) -> DecodePrograms:
-    cfg = loop_config(prog, decode, stop_rule=stop_rule, return_logits=return_logits)
+    cfg = loop_config(prog, decode, stop_rule=stop_rule, return_logits=return_logits,
+                      buckets=buckets)  # fmt: skip
     return programs_for(cfg, tuple(sorted((compiler_options or {}).items())))
 
 

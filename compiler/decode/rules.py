@@ -47,3 +47,88 @@ class ConfidenceRule:
     def __call__(self, signal: DraftSignal, params: dict) -> jax.Array:
         del params
         return jnp.max(signal.probs, axis=-1) >= self.threshold
+
+
+@dataclass(frozen=True)
+class HeuristicRule:
+    """The +2/-1 heuristic (HF assisted generation's `num_assistant_tokens_schedule="heuristic"`):
+    each row drafts up to its own budget, which grows by 2 after a round whose drafts were all
+    accepted and shrinks by 1 (not below 1) otherwise, capped at max_gamma. The per-row budget
+    lives in the loop state (`LoopState.budget`); per token the rule always continues."""
+
+    start: int
+    max_gamma: int
+
+    def __call__(self, signal: DraftSignal, params: dict) -> jax.Array:
+        del params
+        return jnp.ones(signal.token.shape, bool)
+
+    def update(self, budget: jax.Array, n_accepted: jax.Array, n_draft: jax.Array) -> jax.Array:
+        grown = jnp.where(n_accepted >= n_draft, budget + 2, budget - 1)
+        return jnp.clip(grown, 1, self.max_gamma).astype(jnp.int32)
+
+
+@dataclass(frozen=True)
+class RouterRule:
+    """The paper's rule: keep drafting while the router's predicted acceptance
+    1 - p_reject >= threshold. Weights come from params["router"] (see compiler.router)."""
+
+    draft: str  # M_S's name: its token embeddings feed the router
+    top_k: int
+    threshold: float
+    activation: str = "gelu"
+
+    def accept(self, signal: DraftSignal, params: dict) -> jax.Array:
+        from compiler.router.features import ROUTER, features, p_reject
+
+        x = features(signal.probs, params[self.draft]["embed"]["tokens"], self.top_k)
+        return 1.0 - p_reject(params[ROUTER], x, self.activation)
+
+    def __call__(self, signal: DraftSignal, params: dict) -> jax.Array:
+        return self.accept(signal, params) >= self.threshold
+
+
+@dataclass(frozen=True)
+class ExpectedGainRule:
+    """Cost-aware router rule: keep drafting while some longer draft raises the round's
+    expected tokens per unit of time.
+
+    After draft i with predicted acceptance a_i, P_i = a_1 * ... * a_i is the chance that every
+    draft so far is accepted and E_i = 1 + P_1 + ... + P_i the expected tokens of the round
+    (correction/bonus counted). Stopping now costs C_i = i * small_cost + block_costs[i];
+    drafting h more (their acceptance extrapolated as a_i each) gives E_i + P_i (a_i + ... +
+    a_i^h) tokens for C_{i+h}. Continue iff max_h E_{i+h} / C_{i+h} > E_i / C_i. Costs are
+    measured on this machine at this batch size (`compiler.router.costs`), block_costs[n] being
+    the verify pass holding n drafts (the bucket it runs in), so the rule sees the steps of the
+    bucketed verify cost and the relative price of a small step.
+    """
+
+    draft: str
+    top_k: int
+    small_cost: float  # one M_S step (any unit)
+    block_costs: tuple[float, ...]  # [G + 1]: verify pass with n drafts, same unit
+    activation: str = "gelu"
+
+    def init(self, batch: int):
+        one = jnp.ones((batch,), jnp.float32)
+        return one, one  # P (all accepted so far), E (expected tokens)
+
+    def step(self, signal: DraftSignal, params: dict, carry):
+        p_all, e = carry
+        a = RouterRule(self.draft, self.top_k, 0.0, self.activation).accept(signal, params)
+        return self.decide(a, signal.step, p_all, e)
+
+    def decide(self, a, i, p_all, e):
+        g = len(self.block_costs) - 1
+        v = jnp.asarray(self.block_costs, jnp.float32)
+        p_all = p_all * a
+        e = e + p_all
+        rate = e / (i * self.small_cost + v[jnp.minimum(i, g)])
+        best = jnp.zeros_like(rate)
+        gain, pw = jnp.zeros_like(a), jnp.ones_like(a)
+        for h in range(1, g):
+            pw = pw * a
+            gain = gain + pw
+            cost = (i + h) * self.small_cost + v[jnp.minimum(i + h, g)]
+            best = jnp.where(i + h <= g, jnp.maximum(best, (e + p_all * gain) / cost), best)
+        return best > rate, (p_all, e)

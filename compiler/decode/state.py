@@ -40,6 +40,10 @@ class LoopConfig:
     stop_rule: Callable[..., jax.Array] | None = None  # adaptive: (signal, params) -> continue [B]
     return_logits: bool = False  # record the logits behind every emitted token [B, N, V]
     pad_id: int = 0
+    ngram: int = 0  # > 0: prompt-lookup drafts (no draft model) matching up to this many tokens
+    # verify-block buckets: draft counts the verify pass is compiled for (ascending, last = gamma);
+    # each round runs the smallest that holds every active row's drafts. () = always gamma.
+    buckets: tuple[int, ...] = ()
 
     @property
     def buf_len(self) -> int:
@@ -57,7 +61,9 @@ class LoopConfig:
     @property
     def independent(self) -> bool:
         """M_S is an ordinary LM (standard SPEED): it keeps its own K/V at every position."""
-        return self.draft is not None and (self.wiring is None or self.wiring.kind == "none")
+        if self.draft is None:
+            return False
+        return self.wiring is None or self.wiring.kind == "none"
 
     @property
     def partial(self) -> bool:
@@ -109,6 +115,8 @@ class LoopState:
     key: jax.Array
     stats: DecodeStats
     logits: jax.Array | None  # [B, N, V] float32 when return_logits
+    context: jax.Array | None = None  # [B, S] int32 token at each position (prompt lookup)
+    budget: jax.Array | None = None  # [B] int32 per-row draft limit (the +2/-1 heuristic)
 
     @property
     def frontier(self) -> jax.Array:
@@ -150,9 +158,13 @@ def emit(
     rec = state.logits
     if rec is not None and logits is not None:
         rec = rec.at[rows, slots].set(logits.astype(rec.dtype), mode="drop")
+    ctx = state.context
+    if ctx is not None:  # token n + i sits at position prompt_len + n + i
+        pos = jnp.where(write, state.prompt_lens[:, None] + state.n[:, None] + i, ctx.shape[1])
+        ctx = ctx.at[rows, pos].set(tokens.astype(jnp.int32), mode="drop")
     n = jnp.where(active, state.n + count, state.n)
     done = state.done | (active & (hit_eos | (n >= cfg.max_new)))
-    return state.replace(out=out, n=n, done=done, logits=rec)
+    return state.replace(out=out, n=n, done=done, logits=rec, context=ctx)
 
 
 def finalize(cfg: LoopConfig, state: LoopState) -> GenerateResult:
