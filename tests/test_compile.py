@@ -83,7 +83,7 @@ def test_cli_compile_stop_after_and_unknown_program(tmp_path, capsys):
     spec = str(ROOT / "specs/quickstart.yaml")
     assert main(["compile", spec, "--stop-after", "ir", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "small[0] <- large[2]" in out and "FLOPs/token" in out
+    assert "small[0] <- large[3]" in out and "FLOPs/token" in out
     assert (tmp_path / "plan.json").exists()
     assert main(["compile", spec, "--program", "nope"]) == 2
     assert "unknown program" in capsys.readouterr().err

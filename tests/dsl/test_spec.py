@@ -51,7 +51,7 @@ def test_defaults_and_expressions_resolve():
 def test_references_substitute_any_type(tmp_path):
     text = (ROOT / "specs/quickstart.yaml").read_text()
     text = text.replace("target: large", 'target: "${train.0.objective.model}"')
-    text = text.replace("d_model: 128,", 'd_model: "${models.large.d_model} // 2",')
+    text = text.replace("d_model: 128,", 'd_model: "${models.large.d_model} // 3",')
     (tmp_path / "s.yaml").write_text(text)
     spec = api.load(tmp_path / "s.yaml")
     assert spec.decode.target == "large" and spec.models["small"].d_model == 128
@@ -82,11 +82,11 @@ def test_override_sets_a_field_left_to_its_default():
 
 def test_layer_maps():
     spec = api.load(ROOT / "specs/quickstart.yaml")
-    assert checks.layer_map(spec, spec.wiring[0]) == (2, 4)
+    assert checks.layer_map(spec, spec.wiring[0]) == (3, 6)
     final = api.load(ROOT / "specs/tandem-final-layer.yaml")
-    assert checks.layer_map(final, final.wiring[0]) == (4, 4)
+    assert checks.layer_map(final, final.wiring[0]) == (6, 6)
     distil = api.load(ROOT / "specs/tandem-distil.yaml")  # no `layers`: proportional map
-    assert checks.layer_map(distil, distil.wiring[0]) == checks.default_layer_map(2, 4) == (2, 4)
+    assert checks.layer_map(distil, distil.wiring[0]) == checks.default_layer_map(2, 6) == (3, 6)
     assert checks.default_layer_map(3, 12) == (4, 8, 12)
 
 
