@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "md"], default="json")
     p.set_defaults(fn=cmd_schema)
 
-    from runtime import commands
+    from runtime import commands, pull
 
     commands.register(sub)
+    pull.register(sub)
     return parser
 
 
