@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_run(sub)
 
 
-RUN_STAGES = ("train", "generate", "eval", "bench")
+RUN_STAGES = ("train", "generate", "eval", "bench", "train-router", "bench-rules")
 DEFAULT_PROMPT = 'def read_config(path):\n    """Read a configuration file and return a dict."""\n'
 
 
@@ -116,6 +116,10 @@ def cmd_run(args) -> int:
         g = run.generate(r, prompts)
         report.print_generation(r, prompts, g)
         out["generate"] = {"texts": g.texts, "seconds": g.seconds, **g.stats}
+    if stage == "train-router":
+        out["router"] = run.train_router(r)
+    if stage == "bench-rules":
+        out["bench_rules"] = run.bench_rules(r)  # batch: shapes.batch
     if stage == "eval":
         out["eval"] = run.evaluate_stages(r)
         report.print_eval(out["eval"])

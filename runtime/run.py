@@ -320,3 +320,20 @@ def compare(r: Run, prompts: list[str], repeats: int = 3) -> dict:
         "text": ours.texts,
         "baseline_text": base.texts,
     }
+
+
+# --- adaptive block length ----------------------------------------------------------------
+
+
+def train_router(r: Run) -> dict:
+    """Collect router data with the trained tandem, fit it, report (`runtime.router`)."""
+    from .router import train_router as _train
+
+    return _train(r)
+
+
+def bench_rules(r: Run, batch: int | None = None) -> dict:
+    """Every stop rule side by side on the same prompts (`runtime.router`)."""
+    from .router import bench_rules as _bench
+
+    return _bench(r, batch=batch or r.prog.batch)
