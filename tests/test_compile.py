@@ -34,6 +34,16 @@ def test_every_shipped_spec_lowers_and_exports(path):
     assert result.programs, "no programs"
     for c in result.programs.values():
         assert c.stablehlo.startswith("module") and c.exported["cpu,tpu,cuda"]
+        exported = jax.export.deserialize(bytearray(c.exported["cpu,tpu,cuda"]))
+        assert exported.platforms == ("cpu", "tpu", "cuda")
+    # Run one deserialized program on CPU where the weights fit comfortably (< 20 M params).
+    block = result.programs.get("large_block")
+    if block is not None and sum(result.ir.param_counts().values()) < 20_000_000:
+        exported = jax.export.deserialize(bytearray(block.exported["cpu,tpu,cuda"]))
+        args = [jnp.zeros(a.shape, a.dtype) for a in exported.in_avals]
+        call_args, call_kwargs = exported.in_tree.unflatten(args)
+        logits = exported.call(*call_args, **call_kwargs)[0]
+        assert logits.shape == exported.out_avals[0].shape and bool(jnp.isfinite(logits).all())
 
 
 def test_compile_writes_artifacts_and_exports_run_on_cpu(tmp_path):
