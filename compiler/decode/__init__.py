@@ -8,13 +8,21 @@ result.tokens, result.lengths, result.stats.tau
 
 from compiler.decode.programs import (
     DecodePrograms,
+    default_buckets,
     loop_config,
     make_generate,
     make_programs,
     programs_for,
     with_decode,
 )
-from compiler.decode.rules import ConfidenceRule, DraftSignal, FixedRule
+from compiler.decode.rules import (
+    ConfidenceRule,
+    DraftSignal,
+    ExpectedGainRule,
+    FixedRule,
+    HeuristicRule,
+    RouterRule,
+)
 from compiler.decode.sampling import probs, process_logits, sample, sample_probs
 from compiler.decode.state import DecodeStats, GenerateResult, LoopConfig, LoopState
 from compiler.decode.verify import VerifyResult, verify, verify_greedy, verify_sampled
@@ -24,11 +32,15 @@ __all__ = [
     "DecodePrograms",
     "DecodeStats",
     "DraftSignal",
+    "ExpectedGainRule",
     "FixedRule",
+    "HeuristicRule",
+    "RouterRule",
     "GenerateResult",
     "LoopConfig",
     "LoopState",
     "VerifyResult",
+    "default_buckets",
     "loop_config",
     "make_generate",
     "make_programs",

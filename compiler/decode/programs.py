@@ -43,8 +43,9 @@ def _stop_rule(decode: DecodeIR, stop_rule):
     if a.rule == "confidence":
         return ConfidenceRule(a.threshold)
     raise ValueError(
-        f"decode.adaptive.rule {a.rule!r} needs a trained router: pass stop_rule= (a function "
-        "(DraftSignal, params) -> continue mask), or use rule 'confidence' or 'fixed'"
+        f"decode.adaptive.rule {a.rule!r} needs a trained router: pass stop_rule= (RouterRule "
+        "or compiler.router.costs.expected_gain_rule, with params['router'] from `tandemc run "
+        "SPEC train-router`), or use rule 'confidence' or 'fixed'"
     )
 
 

@@ -5,57 +5,63 @@ made of, on this machine, at the batch size that will run - one M_S step, and th
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 
-from compiler.decode.programs import programs_for
+from compiler.decode.drafting import small_step
+from compiler.decode.loops import large_block
 from compiler.decode.rules import ExpectedGainRule
 from compiler.decode.state import LoopConfig
 from compiler.nn import init_cache
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # compile / warm up
-    times = []
+def _loop_ms(step, carry, n: int, repeats: int) -> float:
+    """ms per iteration of `step` run n times inside one jitted fori_loop (no per-call
+    dispatch, as inside the generate loop); best of repeats (contended machines)."""
+    fn = jax.jit(lambda c: jax.lax.fori_loop(0, n, lambda i, c: step(c), c))
+    carry = jax.block_until_ready(fn(carry))  # compile / warm up
+    best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+        carry = jax.block_until_ready(fn(carry))
+        best = min(best, time.perf_counter() - t)
+    return 1e3 * best / n
 
 
-def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, repeats: int = 20) -> dict:
-    """{"small_ms": one M_S step, "block_ms": {drafts n: verify pass of n + 1 tokens}} for the
-    buckets of cfg (every n in 1..G when it has none)."""
-    progs = programs_for(cfg)
+def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int = 20,
+            repeats: int = 5) -> dict:  # fmt: skip
+    """{"small_ms": one M_S step, "block_ms": {drafts k: verify pass of k + 1 tokens}} for the
+    buckets of cfg (every k in 1..G when it has none), each timed inside a compiled loop."""
     s = cfg.cache_len(prompt_len)
     start = jnp.full((batch,), prompt_len, jnp.int32)
-    caches = {"large": init_cache(cfg.target, batch, s), "small": init_cache(cfg.draft, batch, s)}
+    large, small = init_cache(cfg.target, batch, s), init_cache(cfg.draft, batch, s)
+    acc = jnp.zeros((), jnp.float32)
 
-    def small():
-        tok = jnp.zeros((batch, 1), jnp.int32)
-        logits, caches["small"] = progs.small_step(params, caches["small"], tok, start)
-        jax.block_until_ready(logits)
+    def small_step_(c):
+        cache, acc = c
+        tok = jnp.zeros((batch, 1), jnp.int32) + (acc > 1e30).astype(jnp.int32)
+        logits, cache = small_step(cfg, params, cache, tok, start)
+        return cache, acc + logits[:, 0, 0].sum()  # keep the output live
 
-    def block(n):
-        def run():
-            tok = jnp.zeros((batch, n + 1), jnp.int32)
-            count = jnp.full((batch,), n + 1, jnp.int32)
-            logits, caches["large"], caches["small"] = progs.large_block(
-                params, caches["large"], caches["small"], tok, start, count
-            )
-            jax.block_until_ready(logits)
+    def block(k):
+        def run(c):
+            lc, sc, acc = c
+            tok = jnp.zeros((batch, k + 1), jnp.int32) + (acc > 1e30).astype(jnp.int32)
+            count = jnp.full((batch,), k + 1, jnp.int32)
+            logits, lc, sc = large_block(cfg, params, lc, sc, tok, start, count)
+            return lc, sc, acc + logits[:, :, 0].sum()
 
         return run
 
     sizes = cfg.buckets or tuple(range(1, cfg.gamma + 1))
     return {
         "batch": batch,
-        "small_ms": _median_ms(small, repeats),
-        "block_ms": {n: _median_ms(block(n), repeats) for n in sizes if n > 0},
+        "small_ms": _loop_ms(small_step_, (small, acc), n, repeats),
+        "block_ms": {
+            k: _loop_ms(block(k), (large, small, acc), n, repeats) for k in sizes if k > 0
+        },  # fmt: skip
     }
 
 

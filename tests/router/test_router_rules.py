@@ -84,7 +84,13 @@ def test_greedy_equality_under_every_rule():
         assert rows(res) == ar, rule
         lengths.add(tuple(np.asarray(res.stats.drafted_by_pos).sum(0)))
     assert len(lengths) >= 3  # the rules really draft differently
-    # buckets off: same output, same stats
+
+
+@pytest.mark.slow
+def test_verify_buckets_change_nothing_but_cost():
+    prog = program("copy")
+    params = noisy_copy_into_small(params_for(prog, head_scale=3.0), 0.3)
+    params[ROUTER] = _router(0.0, d_small=48)
     a = _run(prog, params, RouterRule("small", 2, 0.5), buckets=())
     b = _run(prog, params, RouterRule("small", 2, 0.5))
     assert rows(a) == rows(b)
