@@ -95,22 +95,27 @@ def restore(path: Path, template) -> tuple[object, dict]:
         )
     try:
         with np.load(path / "arrays.npz") as data:
-            arrays = {k: data[k] for k in data.files}
+            return _fill(template, data, "", path), meta
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f"checkpoint {path} is corrupt ({e}); delete it to start over"
         ) from None
+
+
+def _fill(template, arrays, prefix: str, path: Path):
+    """`template`'s structure with each leaf read from `arrays[prefix + its key path]`."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     out = []
     for p, leaf in leaves:
-        key = _key(p)
-        if key not in arrays or arrays[key].shape != tuple(leaf.shape):
-            got = arrays[key].shape if key in arrays else "missing"
+        key = prefix + _key(p)
+        value = arrays[key] if key in arrays else None  # one read: npz entries load lazily
+        if value is None or value.shape != tuple(leaf.shape):
+            got = "missing" if value is None else value.shape
             raise CheckpointError(
                 f"checkpoint {path}: '{key}' is {got}, expected {tuple(leaf.shape)}"
             )
-        out.append(jax.numpy.asarray(arrays[key], dtype=leaf.dtype))
-    return jax.tree_util.tree_unflatten(treedef, out), meta
+        out.append(jax.numpy.asarray(value, dtype=leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def load_subtree(path: Path, name: str, template):
@@ -118,20 +123,10 @@ def load_subtree(path: Path, name: str, template):
     `name` under `params` (trained in that stage) or `frozen`. None if absent."""
     try:
         with np.load(path / "arrays.npz") as data:
-            keys = set(data.files)
             for group in ("params", "frozen"):
                 prefix = f"['{group}']['{name}']"
-                if any(k.startswith(prefix) for k in keys):
-                    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-                    out = []
-                    for p, leaf in leaves:
-                        key = prefix + jax.tree_util.keystr(p)
-                        if key not in keys or data[key].shape != tuple(leaf.shape):
-                            raise CheckpointError(
-                                f"checkpoint {path}: {key} does not match this spec's shapes"
-                            )
-                        out.append(jax.numpy.asarray(data[key], dtype=leaf.dtype))
-                    return jax.tree_util.tree_unflatten(treedef, out)
+                if any(k.startswith(prefix) for k in data.files):
+                    return _fill(template, data, prefix, path)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f"checkpoint {path} is corrupt ({e}); delete it to start over"
