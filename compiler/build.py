@@ -132,7 +132,9 @@ def _decode(spec: Spec) -> DecodeIR | None:
         free_token=d.free_token,
         adaptive=None
         if a is None
-        else AdaptiveIR(a.rule, a.router, a.hidden, a.top_k, a.threshold, a.max_gamma),
+        else AdaptiveIR(
+            a.rule, a.router, a.hidden, a.top_k, a.threshold, a.max_gamma, a.activation
+        ),
         sampling=SamplingIR(
             d.sampling.temperature, d.sampling.top_k, d.sampling.top_p, d.sampling.seed
         ),

@@ -213,12 +213,13 @@ class SamplingIR:
 
 @dataclass(frozen=True)
 class AdaptiveIR:
-    rule: str = "threshold"  # threshold | expected_gain | confidence | fixed
+    rule: str = "threshold"  # threshold | expected_gain | confidence | heuristic | fixed
     router: str = "mlp"
     hidden: int = 64
     top_k: int = 4
     threshold: float = 0.8
     max_gamma: int = 16
+    activation: str = "gelu"  # the router's hidden activation
 
 
 @dataclass(frozen=True)

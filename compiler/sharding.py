@@ -16,6 +16,7 @@ An empty rule list means `DEFAULT_RULES`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .ir import MeshIR, ProgramIR, TrainStageIR
+from .router.features import ROUTER
 
 MESH_AXES = ("data", "model")
 
@@ -422,30 +424,23 @@ def sharded_generate(cfg, sh: Sharder):
     """`compiler.decode.loops.generate` (prefill, one while_loop, finalize) with the KV caches
     pinned to their shardings in the carry: still one program for the whole generation."""
     from .decode import loops
-    from .decode.state import finalize
-
-    round_fn = loops.ROUNDS[cfg.policy]
 
     def generate(params, prompt, prompt_lens, key):
-        state = _constrain_caches(sh, cfg, loops.prefill(cfg, params, prompt, prompt_lens, key))
-        state = jax.lax.while_loop(
-            lambda s: jnp.any(~s.done),
-            lambda s: _constrain_caches(sh, cfg, round_fn(cfg, params, s)),
-            state,
-        )
-        return finalize(cfg, state)
+        pin = functools.partial(_constrain_caches, sh, cfg)
+        return loops.generate(cfg, params, prompt, prompt_lens, key, pin=pin)
 
     return generate
 
 
 def generate_program(prog: ProgramIR, decode, sh: Sharder, *, batch: int | None = None,
-                     compiler_options: dict | None = None):  # fmt: skip
+                     compiler_options: dict | None = None, stop_rule=None):  # fmt: skip
     """fn(params, prompt [B, P], prompt_lens [B], key) -> GenerateResult, jitted with the
     params sharded by the rules (the large model's weights over `model`), prompts over
-    `data` where the batch divides, and the result replicated."""
+    `data` where the batch divides, and the result replicated. A learned stop rule reads
+    params["router"] (replicated)."""
     from .decode import loop_config
 
-    cfg = loop_config(prog, decode)
+    cfg = loop_config(prog, decode, stop_rule=stop_rule)
     options = tuple(sorted((compiler_options or {}).items()))
     return _generate_jit(cfg, sh.mesh, sh.rules, batch or prog.batch, options, prog)
 
@@ -460,6 +455,8 @@ def _generate_jit(cfg, mesh, rules, batch, options, prog):
 
         sh = Sharder(mesh, rules)
         params_sh = sh.params(abstract_params(prog))
+        if getattr(cfg.stop_rule, "draft", None):  # a router rule: its weights ride along
+            params_sh[ROUTER] = sh.replicated
         rows = sh.tokens((batch,))
         _GENERATE_CACHE[key] = jax.jit(
             sharded_generate(cfg, sh),

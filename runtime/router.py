@@ -35,7 +35,6 @@ from compiler.router.fit import fit, split
 from . import checkpoint
 from .errors import UserError
 
-ACTIVATION = "gelu"  # the spec's adaptive section has no activation field yet
 STAGE = "router"
 
 
@@ -70,9 +69,49 @@ def load_router(r) -> dict | None:
         return None
     info = json.loads(final.read_text())
     n_in = n_features(a.top_k, r.prog.model(d.draft).d_model)
-    tree, _ = checkpoint.restore(r.run_dir / STAGE / info["checkpoint"],
-                                 {ROUTER: _template(n_in, a.hidden)})  # fmt: skip
+    tree, meta = checkpoint.restore(r.run_dir / STAGE / info["checkpoint"],
+                                    {ROUTER: _template(n_in, a.hidden)})  # fmt: skip
+    if meta.get("activation", a.activation) != a.activation:
+        raise UserError(
+            f"the router in {r.run_dir / STAGE} was trained with activation "
+            f"{meta['activation']}, the spec says {a.activation}: set decode.adaptive.activation "
+            f"back, or delete the directory and run `tandemc run SPEC train-router` again"
+        )
     return tree[ROUTER]
+
+
+def measure_costs(r, params: dict, batch: int, prompt_len: int, max_gamma: int) -> dict:
+    """Times one M_S step and the verify pass of every bucket, compiled, on this machine at
+    this batch size (`compiler.router.costs`); also written to the router stage directory."""
+    from compiler.decode.programs import default_buckets
+
+    d, _ = _adaptive(r)
+    adaptive = AdaptiveIR(rule="fixed", max_gamma=max_gamma)
+    cfg = collect_config(r.prog, dataclasses.replace(d, policy="adaptive", adaptive=adaptive), 8)
+    cfg = dataclasses.replace(cfg, buckets=default_buckets(max_gamma), return_logits=False)
+    costs = measure(cfg, params, batch, prompt_len)
+    (r.run_dir / STAGE).mkdir(parents=True, exist_ok=True)
+    (r.run_dir / STAGE / f"costs_b{batch}.json").write_text(json.dumps(costs, indent=2))
+    return costs
+
+
+def spec_stop_rule(r, decode: DecodeIR, params: dict, batch: int, prompt_len: int):
+    """(stop rule, router weights) for the spec's router rules (threshold, expected_gain);
+    (None, None) for rules that need no router."""
+    a = decode.adaptive
+    if decode.policy != "adaptive" or a.rule not in ("threshold", "expected_gain"):
+        return None, None
+    router = load_router(r)
+    if router is None:
+        raise UserError(
+            f"decode.adaptive.rule {a.rule} needs a trained router: run `tandemc run SPEC "
+            "train-router` first (or use rule confidence, heuristic or fixed)"
+        )
+    if a.rule == "threshold":
+        return RouterRule(decode.draft, a.top_k, a.threshold, a.activation), router
+    costs = measure_costs(r, {**params, ROUTER: router}, batch, prompt_len, a.max_gamma)
+    rule = expected_gain_rule(costs, decode.draft, a.top_k, a.max_gamma, a.activation)
+    return rule, router
 
 
 def train_router(r, batches: int = 12, rows: int = 8, prompt_len: int = 64, rounds: int = 24,
@@ -112,7 +151,7 @@ def train_router(r, batches: int = 12, rows: int = 8, prompt_len: int = 64, roun
     train, val = split(data, val_fraction)
     n_in = data.x.shape[1]
     meta = {"shape_hash": checkpoint.shape_hash({ROUTER: _template(n_in, a.hidden)}),
-            "top_k": a.top_k, "hidden": a.hidden, "activation": ACTIVATION}  # fmt: skip
+            "top_k": a.top_k, "hidden": a.hidden, "activation": a.activation}  # fmt: skip
     init, start = None, 0
     last = checkpoint.latest(stage_dir)
     if last is not None:
@@ -126,7 +165,7 @@ def train_router(r, batches: int = 12, rows: int = 8, prompt_len: int = 64, roun
     def progress(step, total, loss):
         r.log(f"{STAGE}: step {step}/{total} bce {loss:.4f}")
 
-    res = fit(train, val, a.hidden, ACTIVATION, steps, init=init, start_step=start,
+    res = fit(train, val, a.hidden, a.activation, steps, init=init, start_step=start,
               checkpoint=save, progress=progress)  # fmt: skip
     ckpt = checkpoint.latest(stage_dir)
     if ckpt is None or checkpoint.read_meta(ckpt)["step"] != steps:
@@ -178,15 +217,15 @@ def rule_table(r, router: dict | None, costs: dict, gammas, conf, max_gamma: int
     rules["+2/-1 heuristic"] = (ad, HeuristicRule(4, max_gamma))
     if router is not None:
         for t in sorted({a.threshold, 0.5}):
-            rules[f"router threshold {t}"] = (ad, RouterRule(d.draft, a.top_k, t, ACTIVATION))
+            rules[f"router threshold {t}"] = (ad, RouterRule(d.draft, a.top_k, t, a.activation))
         rules["router expected_gain"] = (
-            ad, expected_gain_rule(costs, d.draft, a.top_k, max_gamma, ACTIVATION))  # fmt: skip
+            ad, expected_gain_rule(costs, d.draft, a.top_k, max_gamma, a.activation))  # fmt: skip
     # overhead checks: the adaptive loop (per-step rule, bucketed verify) with a fixed rule,
     # and the paper's rule with the verify pass always max_gamma + 1 tokens wide
     rules["adaptive loop, fixed 6 drafts"] = (ad, FixedRule(min(6, max_gamma)))
     if router is not None:
         rules[f"router threshold {a.threshold}, no buckets"] = (
-            ad, RouterRule(d.draft, a.top_k, a.threshold, ACTIVATION), ())  # fmt: skip
+            ad, RouterRule(d.draft, a.top_k, a.threshold, a.activation), ())  # fmt: skip
     lookup = dataclasses.replace(base, policy="speed", draft=None, draft_ngram=3, gamma=4)
     rules["prompt lookup n=3, gamma=4"] = (lookup, None)
     return rules
@@ -207,19 +246,7 @@ def bench_rules(r, batch: int = 1, prompt_len: int = 64, repeats: int = 3,
     prompt = jnp.asarray(_prompts(r, "validation", batch, prompt_len))
     lens = jnp.full((batch,), prompt_len, jnp.int32)
     key = jax.random.key(d.sampling.seed)
-    cfg = collect_config(
-        r.prog,
-        dataclasses.replace(
-            d, policy="adaptive", adaptive=AdaptiveIR(rule="fixed", max_gamma=max_gamma)
-        ),
-        8,
-    )
-    from compiler.decode.programs import default_buckets
-
-    cfg = dataclasses.replace(cfg, buckets=default_buckets(max_gamma), return_logits=False)
-    costs = measure(cfg, params, batch, prompt_len)
-    (r.run_dir / STAGE).mkdir(parents=True, exist_ok=True)
-    (r.run_dir / STAGE / f"costs_b{batch}.json").write_text(json.dumps(costs, indent=2))
+    costs = measure_costs(r, params, batch, prompt_len, max_gamma)
     ratio = costs["small_ms"] / costs["block_ms"][1]
     r.log(
         f"# batch {batch}, prompt {prompt_len} tokens (validation split), "

@@ -23,6 +23,7 @@ import numpy as np
 from compiler import nn
 from compiler.build import build_ir
 from compiler.ir import DecodeIR, ProgramIR
+from compiler.router import ROUTER
 from compiler.sharding import Sharder, generate_program, maybe_initialize_distributed
 from tandem_dsl import api
 
@@ -273,7 +274,13 @@ def generate(
     decode = dataclasses.replace(decode, eos_id=eos if r.spec.decode.stop_at_eos else -1)
     params = _sharded_params(r)
     tokens, lens = encode_prompts(r, prompts, decode)
-    fn = generate_program(r.prog, decode, Sharder.for_run(r.prog), batch=len(prompts))
+    from .router import spec_stop_rule
+
+    rule, router = spec_stop_rule(r, decode, params, len(prompts), tokens.shape[1])
+    if router is not None:
+        params = {**params, ROUTER: router}
+    sh = Sharder.for_run(r.prog)
+    fn = generate_program(r.prog, decode, sh, batch=len(prompts), stop_rule=rule)
     key = jax.random.PRNGKey(decode.sampling.seed)
     result = fn(params, jnp.asarray(tokens), jnp.asarray(lens), key)  # compile + warm-up
     jax.block_until_ready(result)
@@ -302,13 +309,15 @@ def generate(
     return Generation(texts, out_tokens, best, stats)
 
 
+def autoregressive(d: DecodeIR) -> DecodeIR:
+    """The same decode section with the target generating alone (the baseline)."""
+    return dataclasses.replace(d, policy="autoregressive", draft=None, draft_ngram=0, adaptive=None)
+
+
 def compare(r: Run, prompts: list[str], repeats: int = 3) -> dict:
     """Autoregressive decoding of the target vs the spec's policy: same prompts, one process."""
     d = r.prog.decode
-    baseline = dataclasses.replace(
-        d, policy="autoregressive", draft=None, draft_ngram=0, adaptive=None
-    )
-    base = generate(r, prompts, baseline, repeats)
+    base = generate(r, prompts, autoregressive(d), repeats)
     ours = generate(r, prompts, d, repeats)
     return {
         "policy": d.policy,

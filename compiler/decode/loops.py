@@ -264,11 +264,14 @@ ROUNDS = {
 }
 
 
-def generate(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> GenerateResult:
-    """The whole generation: prefill, then rounds until every row is done."""
-    state = prefill(cfg, params, prompt, prompt_lens, key)
+def generate(
+    cfg: LoopConfig, params: dict, prompt, prompt_lens, key, pin=lambda s: s
+) -> GenerateResult:
+    """The whole generation: prefill, then rounds until every row is done. `pin(state)` is
+    applied after prefill and every round (the sharded program pins the KV caches there)."""
+    state = pin(prefill(cfg, params, prompt, prompt_lens, key))
     round_fn = ROUNDS[cfg.policy]
     state = jax.lax.while_loop(
-        lambda s: jnp.any(~s.done), lambda s: round_fn(cfg, params, s), state
+        lambda s: jnp.any(~s.done), lambda s: pin(round_fn(cfg, params, s)), state
     )
     return finalize(cfg, state)

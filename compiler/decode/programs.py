@@ -19,7 +19,7 @@ import jax
 
 from compiler.decode import loops
 from compiler.decode.drafting import small_step
-from compiler.decode.rules import ConfidenceRule, FixedRule
+from compiler.decode.rules import ConfidenceRule, FixedRule, HeuristicRule
 from compiler.decode.state import POLICIES, GenerateResult, LoopConfig
 from compiler.decode.verify import verify
 from compiler.ir import DecodeIR, ProgramIR, SamplingIR
@@ -42,10 +42,12 @@ def _stop_rule(decode: DecodeIR, stop_rule):
         return FixedRule(min(decode.gamma, a.max_gamma))
     if a.rule == "confidence":
         return ConfidenceRule(a.threshold)
+    if a.rule == "heuristic":
+        return HeuristicRule(min(decode.gamma, a.max_gamma), a.max_gamma)
     raise ValueError(
         f"decode.adaptive.rule {a.rule!r} needs a trained router: pass stop_rule= (RouterRule "
         "or compiler.router.costs.expected_gain_rule, with params['router'] from `tandemc run "
-        "SPEC train-router`), or use rule 'confidence' or 'fixed'"
+        "SPEC train-router`), or use rule 'confidence', 'heuristic' or 'fixed'"
     )
 
 

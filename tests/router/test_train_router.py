@@ -68,3 +68,21 @@ def test_bench_rules_identical_outputs(r):
     rules = out["rules"]
     assert {"router threshold 0.6", "router expected_gain", "+2/-1 heuristic"} <= set(rules)
     assert all(row["identical"] for row in rules.values())
+
+
+def test_spec_rules_generate_like_the_large_model(tmp_path, r):
+    """`tandemc run SPEC generate` under every rule the spec can name equals greedy M_L."""
+    prompts = ["def f(x):", "import os\n"]
+    with pytest.raises(run.UserError, match="train-router"):
+        run.generate(r, prompts)  # threshold without a trained router: a clear error
+    router.train_router(r, **SMALL)
+    spec = tmp_path / "tiny.yaml"
+    ref = run.generate(r, prompts, run.autoregressive(r.prog.decode)).tokens
+    for rule in ("threshold", "expected_gain", "heuristic", "confidence", "fixed"):
+        ri = run.open_run(spec, [f"decode.adaptive.rule={rule}"], r.run_dir, log=lambda *a: None)
+        out = run.generate(ri, prompts)
+        assert out.tokens == ref, rule
+        assert out.stats["rounds"] > 0
+    other = run.open_run(spec, ["decode.adaptive.activation=relu"], r.run_dir)
+    with pytest.raises(run.UserError, match="activation gelu"):
+        run.generate(other, prompts)
