@@ -107,6 +107,10 @@ def cmd_run(args) -> int:
         stage = overrides.pop(0)
     r = run.open_run(args.spec, overrides, args.run_dir, log=report.console.print)
     prompts = _prompts(args)
+    if args.chat:
+        from runtime.bench import chat_prompt
+
+        prompts = [chat_prompt(r.tokenizer, p) for p in prompts]
     out: dict = {"spec": r.spec.name, "run_dir": str(r.run_dir)}
     if stage in (None, "train") and r.prog.train:
         results = run.train(r, progress=report.stage_progress)
@@ -124,7 +128,12 @@ def cmd_run(args) -> int:
         out["eval"] = run.evaluate_stages(r)
         report.print_eval(out["eval"])
     if stage == "bench" or (stage is None and r.prog.decode is not None):
-        if r.prog.decode.policy == "autoregressive":
+        if r.spec.bench is not None:
+            from runtime import bench
+
+            out["bench"] = bench.run_bench(r)
+            report.print_bench(r, out["bench"])
+        elif r.prog.decode.policy == "autoregressive":
             g = run.generate(r, prompts)
             report.print_generation(r, prompts, g)
             out["generate"] = {"texts": g.texts, "seconds": g.seconds, **g.stats}
@@ -154,6 +163,9 @@ def register_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--prompt", action="append", help="a prompt (repeatable: one batch)")
     p.add_argument("--prompt-file", help="read a prompt from a UTF-8 file")
+    p.add_argument(
+        "--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template"
+    )
     p.add_argument("--run-dir", help="where checkpoints and reports go (default runs/<name>)")
     p.add_argument("--json", help="write machine-readable results to this file")
     p.set_defaults(fn=cmd_run)

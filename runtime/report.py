@@ -116,3 +116,16 @@ def print_comparison(r, prompts, c: dict) -> None:
     )
     console.print("[dim]sample:[/dim]", markup=True)
     console.print(prompts[0] + c["text"][0], markup=False)
+
+
+def print_bench(r, out: dict) -> None:
+    from runtime.bench import markdown
+
+    kinds = [p["kind"] for p in out["prompts"]]
+    console.print(
+        f"\n[bold]{out['spec']}[/bold]: {len(kinds)} prompts ({kinds.count('code')} code, "
+        f"{kinds.count('chat')} chat), batch 1, {out['max_new_tokens']} new tokens, greedy, "
+        f"fastest of {out['repeats']} interleaved runs, on {out['device']}"
+    )
+    console.print(markdown(out), markup=False)
+    console.print(f"tau counts the bonus token; table, plot and raw numbers in {r.run_dir}/bench.*")

@@ -303,6 +303,45 @@ def decoding(ctx: Context):
 
 
 @check
+def bench(ctx: Context):
+    b, d = ctx.spec.bench, ctx.spec.decode
+    if b is None:
+        return
+    p = ("bench",)
+    if d is None or d.target is None:
+        ctx.error(
+            "E-CHECK-DECODE-MISSING",
+            "a bench section compares decoding methods of decode.target: add a decode section",
+            p,
+            "add `decode: {policy: speed, target: large, draft: small}`",
+        )
+        return
+    for i, g in enumerate(b.gammas):
+        if not 1 <= g < ctx.spec.shapes.max_len - d.max_new_tokens - 1:
+            ctx.error(
+                "E-CHECK-GAMMA",
+                f"gamma {g} must be >= 1 and leave room for max_new_tokens {d.max_new_tokens} "
+                f"in shapes.max_len {ctx.spec.shapes.max_len}",
+                p + ("gammas", i),
+            )
+    if b.drafter is not None and ctx.model_ref(b.drafter, p + ("drafter",)):
+        if _vocab(ctx, b.drafter) != _vocab(ctx, d.target):
+            ctx.error(
+                "E-CHECK-VOCAB",
+                f"drafter '{b.drafter}' (vocab {_vocab(ctx, b.drafter)}) and target "
+                f"'{d.target}' (vocab {_vocab(ctx, d.target)}) must share a vocabulary",
+                p + ("drafter",),
+            )
+    if b.code_prompts == 0 and not b.chat_prompts:
+        ctx.error(
+            "E-CHECK-BENCH-PROMPTS",
+            "the bench has no prompts: code_prompts is 0 and chat_prompts is empty",
+            p + ("code_prompts",),
+            "set code_prompts: 4 (cut from held-out corpus files)",
+        )
+
+
+@check
 def sharding(ctx: Context):
     axes = {"data", "model"}
     for i, rule in enumerate(ctx.spec.sharding):

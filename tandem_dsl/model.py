@@ -182,11 +182,17 @@ class NgramDraft:
 class Adaptive:
     rule: str = opt(
         "threshold",
-        doc="Stop rule.",
-        enum=["threshold", "expected_gain", "confidence", "fixed"],
+        doc="Stop rule: threshold (the paper's: router's predicted acceptance >= threshold), "
+        "expected_gain (router + measured costs), confidence (M_S's top probability >= "
+        "threshold), heuristic (+2/-1: grow the draft budget by 2 after a fully accepted round, "
+        "shrink it by 1 otherwise), fixed (gamma drafts).",
+        enum=["threshold", "expected_gain", "confidence", "heuristic", "fixed"],
     )
     router: str = opt("mlp", doc="Router kind.", enum=["mlp"])
     hidden: int = opt(64, doc="Router hidden width.", minimum=1)
+    activation: str = opt(
+        "gelu", doc="Router hidden activation.", enum=["gelu", "relu", "silu", "tanh"]
+    )
     top_k: int = opt(4, doc="Top-k probabilities fed to the router.", minimum=1)
     threshold: float = opt(
         0.8, doc="Keep drafting while predicted acceptance >= this.", minimum=0, maximum=1
@@ -207,6 +213,25 @@ class Decode:
     sampling: Sampling = opt(factory=Sampling, doc="Sampling settings.")
     max_new_tokens: int = opt(64, doc="Tokens to generate per prompt.", minimum=1)
     stop_at_eos: bool = opt(True, doc="Stop a row at the tokenizer's end-of-sequence token.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bench:
+    gammas: list[int] = opt(
+        factory=lambda: [2, 4, 6, 8],
+        doc="Draft lengths of the fixed-gamma rows (decode.draft, and the drafter when given).",
+    )
+    drafter: str | None = opt(
+        None, doc="An independent drafter model for the standard-SPEED rows (null = none)."
+    )
+    prompt_lookup: int = opt(3, doc="n of the prompt-lookup row (0 = no such row).", minimum=0)
+    code_prompts: int = opt(
+        4, doc="Prompts cut from held-out corpus files (the validation split).", minimum=0
+    )
+    chat_prompts: list[str] = opt(
+        factory=list, doc="User messages, each wrapped in the tokenizer's chat template."
+    )
+    repeats: int = opt(2, doc="Timed runs of each prompt; the fastest counts.", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,6 +258,9 @@ class Spec:
     wiring: list[Wiring] = opt(factory=list, doc="How small models read large ones.")
     train: list[TrainStage] = opt(factory=list, doc="Training stages, in order.")
     decode: Decode | None = opt(None, doc="Decoding policy.")
+    bench: Bench | None = opt(
+        None, doc="`tandemc run SPEC bench`: every decoding method side by side (see Bench)."
+    )
     shapes: Shapes = opt(factory=Shapes, doc="Compiled shapes.")
     mesh: Mesh = opt(factory=Mesh, doc="Device mesh.")
     sharding: list[list[str | None]] = opt(

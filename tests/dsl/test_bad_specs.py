@@ -15,6 +15,9 @@ BAD = Path(__file__).parent / "bad"
 # name: (code, line, col[, source file suffix]) of the first diagnostic.
 EXPECTED = {
     "adaptive_no_section": ("E-CHECK-DECODE-MISSING", 10, 18),
+    "bench_drafter": ("E-CHECK-UNKNOWN-MODEL", 13, 18),
+    "bench_gamma": ("E-CHECK-GAMMA", 13, 21),
+    "bench_prompts": ("E-CHECK-BENCH-PROMPTS", 13, 23),
     "block_max": ("E-CHECK-BLOCK", 9, 66),
     "bpe_vocab": ("E-CHECK-TOKENIZER", 12, 36),
     "cache_overflow": ("E-CHECK-CACHE", 10, 80),

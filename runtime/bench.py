@@ -1,0 +1,229 @@
+"""`tandemc run SPEC bench` for a spec with a `bench:` section: every decoding method of the
+target side by side, in one process, on the same held-out prompts, batch 1.
+
+Rows: the target alone (autoregressive), prompt lookup (n-gram drafts copied from the context),
+standard SPEED with an independent drafter at every gamma, and the spec's drafter (the Tandem
+small model) at every gamma. Prompts: code cut from held-out corpus files (the validation
+split, so no model trained on them) and chat messages wrapped in the tokenizer's chat template.
+Each method is compiled and warmed up first; then the timed runs are interleaved (every method
+on every prompt, `repeats` times) so machine drift hits all methods alike, and the fastest run
+of each (method, prompt) counts. Writes bench.json, bench.md and bench.png to the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compiler.ir import DecodeIR
+
+from .errors import UserError
+
+
+def code_prompts(r, n: int, max_tokens: int) -> list[str]:
+    """n prompts from held-out corpus files: the code before a function's `def` line and the
+    line itself (the model continues with the body), as many whole lines as fit in max_tokens;
+    one prompt per file, files in a fixed order, the def line in the middle of its file."""
+    from .corpus import SpecData
+    from .data import document_keys
+
+    if n == 0:
+        return []
+    docs = SpecData(r.spec, r.tokenizer).val_docs
+    if not docs:
+        raise UserError("bench.code_prompts needs held-out files: set data.val_fraction > 0")
+    out = []
+    for _, path in sorted(zip(document_keys(docs), docs, strict=True)):
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        defs = [i for i, line in enumerate(lines) if line.lstrip().startswith("def ") and i > 8]
+        if not defs:
+            continue
+        end = defs[len(defs) // 2] + 1
+        start = end - 1
+        while start > 0 and len(r.tokenizer.encode("".join(lines[start - 1 : end]))) <= max_tokens:
+            start -= 1
+        if len(r.tokenizer.encode("".join(lines[start:end]))) <= max_tokens:
+            out.append("".join(lines[start:end]))
+        if len(out) == n:
+            return out
+    raise UserError(f"only {len(out)} held-out files hold a function; lower bench.code_prompts")
+
+
+def chat_prompt(tokenizer, message: str) -> str:
+    """The user message in the tokenizer's chat template, ready for the assistant's reply."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise UserError(
+            "bench.chat_prompts needs a tokenizer with a chat template (an imported model's "
+            "gguf or hf-json tokenizer); remove chat_prompts for this spec"
+        )
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    messages = [{"role": "user", "content": message}]
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True)
+
+
+def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str, DecodeIR]:
+    """Row name -> decode settings. The first row is the baseline."""
+    base = dataclasses.replace(d, policy="speed", adaptive=None, draft_ngram=0)
+    out = {"autoregressive": dataclasses.replace(base, policy="autoregressive", draft=None)}
+    if lookup_n:
+        out[f"prompt lookup n={lookup_n} gamma=4"] = dataclasses.replace(
+            base, draft=None, draft_ngram=lookup_n, gamma=4
+        )
+    for g in gammas if drafter else ():
+        out[f"standard SPEED ({drafter}) gamma={g}"] = dataclasses.replace(
+            base, draft=drafter, gamma=g
+        )
+    for g in gammas:
+        out[f"Tandem + SPEED ({d.draft}) gamma={g}"] = dataclasses.replace(base, gamma=g)
+    return out
+
+
+def run_bench(r) -> dict:
+    from compiler.sharding import Sharder, generate_program
+
+    from .run import _sharded_params, encode_prompts
+
+    b, d = r.spec.bench, r.prog.decode
+    if d.draft is None:
+        raise UserError("the bench compares drafters: decode.draft must name a model")
+    eos = getattr(r.tokenizer, "eos_id", -1)
+    d = dataclasses.replace(d, eos_id=eos if r.spec.decode.stop_at_eos else -1)
+    longest = max([*b.gammas, 4])
+    budget = min(256, r.prog.max_len - d.max_new_tokens - longest - 2)
+    prompts = [("code", p) for p in code_prompts(r, b.code_prompts, budget)]
+    prompts += [("chat", chat_prompt(r.tokenizer, m)) for m in b.chat_prompts]
+    table = methods(d, b.gammas, b.drafter, b.prompt_lookup)
+    widest = dataclasses.replace(d, gamma=longest)
+    tokens, lens = encode_prompts(r, [p for _, p in prompts], widest)  # one width: one compile
+    params = _sharded_params(r)
+    sh = Sharder.for_run(r.prog)
+    key = jax.random.key(d.sampling.seed)
+    fns, results = {}, {}
+    r.log(f"bench: {len(table)} methods x {len(prompts)} prompts, compiling ...")
+    for name, dec in table.items():
+        t = time.perf_counter()
+        fns[name] = generate_program(r.prog, dec, sh, batch=1)
+        jax.block_until_ready(fns[name](params, tokens[:1], lens[:1], key))
+        r.log(f"bench: {name}: compiled and warmed up in {time.perf_counter() - t:.1f} s")
+    best = {(m, i): float("inf") for m in table for i in range(len(prompts))}
+    for rep in range(b.repeats):
+        for i in range(len(prompts)):
+            args = (params, jnp.asarray(tokens[i : i + 1]), jnp.asarray(lens[i : i + 1]), key)
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                results[name, i] = jax.block_until_ready(fn(*args))
+                best[name, i] = min(best[name, i], time.perf_counter() - t)
+        r.log(f"bench: timed run {rep + 1}/{b.repeats} done")
+    rows = _rows(table, prompts, results, best)
+    out = {
+        "spec": r.spec.name,
+        "device": jax.devices()[0].device_kind,
+        "max_new_tokens": d.max_new_tokens,
+        "repeats": b.repeats,
+        "prompts": [{"kind": k, "text": p} for k, p in prompts],
+        "rows": rows,
+    }
+    _save(r.run_dir, out)
+    return out
+
+
+def _rows(table, prompts, results, best) -> dict:
+    base = next(iter(table))
+    ref = {i: _tokens(results[base, i]) for i in range(len(prompts))}
+    rows = {}
+    for name in table:
+        st = [jax.device_get(results[name, i].stats) for i in range(len(prompts))]
+        n = [len(_tokens(results[name, i])) for i in range(len(prompts))]
+        sec = [best[name, i] for i in range(len(prompts))]
+        rounds = sum(int(s.rounds.sum()) for s in st)
+        row = {
+            "tokens": sum(n),
+            "seconds": sum(sec),
+            "tokens_per_s": sum(n) / sum(sec),
+            "tau": sum(int(s.round_tokens.sum()) for s in st) / rounds if rounds else None,
+            "large_calls_per_token": sum(int(s.large_calls.sum()) for s in st) / sum(n),
+            "small_calls_per_token": sum(int(s.small_calls.sum()) for s in st) / sum(n),
+            "identical": all(_tokens(results[name, i]) == ref[i] for i in range(len(prompts))),
+        }
+        for kind in ("code", "chat"):  # per-kind speedups: total time ratio on those prompts
+            idx = [i for i, (k, _) in enumerate(prompts) if k == kind]
+            if idx:
+                row[f"speedup_{kind}"] = sum(best[base, i] for i in idx) / sum(sec[i] for i in idx)
+        rows[name] = row
+    for row in rows.values():
+        row["speedup"] = rows[base]["seconds"] / row["seconds"]
+    for name, row in rows.items():  # Tandem vs standard SPEED at the same gamma
+        if name.startswith("Tandem"):
+            g = name.rsplit("gamma=", 1)[1]
+            std = [v for k, v in rows.items() if k.startswith("standard") and k.endswith(f"={g}")]
+            if std:
+                row["gain_over_standard"] = std[0]["seconds"] / row["seconds"]
+    return rows
+
+
+def _tokens(res) -> list[int]:
+    return np.asarray(res.tokens)[0, : int(np.asarray(res.lengths)[0])].tolist()
+
+
+def markdown(out: dict) -> str:
+    """The table as Markdown (bench.md, and what docs/BENCHMARKS.md quotes)."""
+    kinds = [k for k in ("code", "chat") if any(p["kind"] == k for p in out["prompts"])]
+    head = ["method", "tokens/s", "speedup", *[f"speedup {k}" for k in kinds]]
+    head += ["vs standard SPEED", "tau", "M_L calls/token", "M_S calls/token", "greedy == M_L"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in out["rows"].items():
+        cells = [name, f"{row['tokens_per_s']:.1f}", f"{row['speedup']:.2f}x"]
+        cells += [f"{row[f'speedup_{k}']:.2f}x" for k in kinds]
+        gain = row.get("gain_over_standard")
+        cells += [f"{gain:.2f}x" if gain else "-", f"{row['tau']:.2f}" if row["tau"] else "-"]
+        cells += [f"{row['large_calls_per_token']:.3f}", f"{row['small_calls_per_token']:.3f}"]
+        cells += ["yes" if row["identical"] else "NO"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(run_dir: Path, out: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "bench.json").write_text(json.dumps(out, indent=2))
+    (run_dir / "bench.md").write_text(markdown(out))
+    _plot(run_dir / "bench.png", out["rows"])
+
+
+def _plot(path: Path, rows: dict) -> None:
+    """Speedup and tau vs gamma for each drafter; autoregressive and prompt lookup as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
+    series: dict[str, list] = {}
+    for name, row in rows.items():
+        if "gamma=" in name and not name.startswith("prompt lookup"):
+            label, g = name.rsplit(" gamma=", 1)
+            series.setdefault(label, []).append((int(g), row["speedup"], row["tau"]))
+    for label, pts in series.items():
+        g, s, t = zip(*sorted(pts), strict=True)
+        ax_s.plot(g, s, marker="o", label=label)
+        ax_t.plot(g, t, marker="o", label=label)
+    for name, row in rows.items():
+        if name.startswith("prompt lookup"):
+            ax_s.axhline(row["speedup"], ls="--", color="gray", label=name)
+    ax_s.axhline(1.0, ls=":", color="black", label="autoregressive")
+    ax_s.set(xlabel="gamma", ylabel="speedup over autoregressive", title="wall-clock speedup")
+    ax_t.set(xlabel="gamma", ylabel="tau (tokens per M_L call)", title="tau")
+    ax_s.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,75 @@
+"""`tandemc run SPEC bench` with a `bench:` section, on tiny random-weight models: every
+method's greedy output equals the target's, the table, JSON and plot are written, held-out
+code prompts fit the budget, and chat prompts use the tokenizer's chat template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime import bench, run
+
+SPEC = """
+tandem: 1
+name: tiny-bench
+data: {corpus: stdlib, seq_len: 32}
+models:
+  large: {d_model: 32, n_layers: 2, n_heads: 2}
+  small: {d_model: 16, n_layers: 1, n_heads: 2}
+  drafter: {d_model: 16, n_layers: 1, n_heads: 2}
+projections:
+  l2s: {from: large, to: small}
+wiring:
+  - {query: small, memory: large, via: l2s, block: 2}
+  - {kind: none, query: drafter}
+decode: {policy: speed, target: large, draft: small, gamma: 2, max_new_tokens: 12}
+bench: {gammas: [1, 3], drafter: drafter, prompt_lookup: 2, code_prompts: 2, repeats: 1}
+shapes: {batch: 1, max_len: 96}
+"""
+
+
+@pytest.fixture
+def r(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(SPEC)
+    return run.open_run(spec, run_dir=tmp_path / "run", log=lambda *a: None)
+
+
+def test_bench_rows_are_lossless_and_saved(r):
+    out = bench.run_bench(r)
+    rows = out["rows"]
+    assert list(rows) == [
+        "autoregressive",
+        "prompt lookup n=2 gamma=4",
+        "standard SPEED (drafter) gamma=1",
+        "standard SPEED (drafter) gamma=3",
+        "Tandem + SPEED (small) gamma=1",
+        "Tandem + SPEED (small) gamma=3",
+    ]
+    assert all(row["identical"] for row in rows.values())
+    assert rows["autoregressive"]["large_calls_per_token"] == 1.0
+    assert rows["autoregressive"]["speedup"] == 1.0
+    assert rows["Tandem + SPEED (small) gamma=3"]["small_calls_per_token"] > 0
+    assert "gain_over_standard" in rows["Tandem + SPEED (small) gamma=1"]
+    assert [p["kind"] for p in out["prompts"]] == ["code", "code"]
+    assert all(p["text"].splitlines()[-1].lstrip().startswith("def ") for p in out["prompts"])
+    saved = json.loads((r.run_dir / "bench.json").read_text())
+    assert saved["rows"].keys() == rows.keys()
+    assert (r.run_dir / "bench.png").stat().st_size > 0
+    table = (r.run_dir / "bench.md").read_text().splitlines()
+    assert len(table) == 2 + len(rows) and table[0].startswith("| method | tokens/s")
+
+
+def test_chat_prompts_need_a_chat_template(r):
+    with pytest.raises(run.UserError, match="chat template"):
+        bench.chat_prompt(r.tokenizer, "hi")
+
+    class ChatML:
+        chat_template = (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        )
+
+    text = bench.chat_prompt(ChatML(), "hi")
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
