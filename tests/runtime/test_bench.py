@@ -73,3 +73,13 @@ def test_chat_prompts_need_a_chat_template(r):
 
     text = bench.chat_prompt(ChatML(), "hi")
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_chat_flag_without_a_template_is_a_user_error(tmp_path, capsys):
+    from runtime.cli import main
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(SPEC)
+    argv = ["run", str(spec), "generate", "--chat", "--prompt", "hi", "--run-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert "chat template" in capsys.readouterr().err
