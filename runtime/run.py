@@ -126,6 +126,13 @@ def initial_params(r: Run) -> dict:
             raise UserError(
                 f"model '{name}': init from {source} is not supported by `tandemc run` yet"
             )
+    for name, m in r.spec.models.items():
+        if m.init.embed_from:
+            source = params[m.init.embed_from]["embed"]["tokens"]
+            table = nn.reduced_embedding(np.asarray(source), r.prog.model(name).d_model)
+            params[name]["embed"]["tokens"] = jnp.asarray(
+                table, params[name]["embed"]["tokens"].dtype
+            )
     return params
 
 

@@ -73,6 +73,33 @@ def _no_lookup(path):
 
 
 @check
+def embed_init(ctx: Context):
+    for name, m in ctx.spec.models.items():
+        src = m.init.embed_from
+        p = ("models", name, "init", "embed_from")
+        if src is None or not ctx.model_ref(src, p):
+            continue
+        if src == name:
+            ctx.error(
+                "E-CHECK-EMBED-INIT", f"model '{name}' cannot take its embeddings from itself", p
+            )
+        elif _vocab(ctx, src) != _vocab(ctx, name):
+            ctx.error(
+                "E-CHECK-VOCAB",
+                f"'{name}' (vocab {_vocab(ctx, name)}) cannot start from the embeddings of "
+                f"'{src}' (vocab {_vocab(ctx, src)})",
+                p,
+            )
+        elif ctx.spec.models[src].d_model < m.d_model:
+            ctx.error(
+                "E-CHECK-EMBED-INIT",
+                f"'{src}' has d_model {ctx.spec.models[src].d_model}, fewer than the "
+                f"{m.d_model} of '{name}': embeddings can only be reduced",
+                p,
+            )
+
+
+@check
 def heads(ctx: Context):
     for name, m in ctx.spec.models.items():
         p = ("models", name)

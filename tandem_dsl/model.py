@@ -50,6 +50,12 @@ class Init:
     )
     path: str | None = opt(None, doc="Checkpoint directory or weight file.")
     seed: int = opt(0, doc="Seed for random init.", minimum=0)
+    embed_from: str | None = opt(
+        None,
+        doc="Start the token embeddings (and a tied output layer) from this model's, reduced "
+        "to d_model along their top principal directions: a distilled student then starts "
+        "with the teacher's token geometry instead of noise.",
+    )
 
 
 def _default_d_ff(owner: str, tree: dict) -> str:

@@ -14,7 +14,7 @@ from compiler.nn.decoder import (
     init_decoder,
     run_layers,
 )
-from compiler.nn.params import init_params
+from compiler.nn.params import init_params, reduced_embedding
 from compiler.nn.projection import init_projection, project
 from compiler.nn.tandem import (
     small_block,
@@ -24,6 +24,7 @@ from compiler.nn.tandem import (
 )
 
 __all__ = [
+    "reduced_embedding",
     "cache_mask",
     "causal_mask",
     "decoder_block",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import jax
+import numpy as np
 
 from compiler.ir import ProgramIR
 from compiler.nn.decoder import init_decoder
@@ -40,3 +41,14 @@ def init_params(prog: ProgramIR, rng) -> dict:
         dtype = prog.model(wiring.query).dtype
         params[proj.name] = init_projection(proj, wiring.wired_layers, _key(rng, proj.name), dtype)
     return params
+
+
+def reduced_embedding(table: np.ndarray, d: int) -> np.ndarray:
+    """A [V, D] embedding table -> [V, d] (d <= D): its coordinates along the top-d right
+    singular vectors (uncentred), so the d-dim table keeps the largest part of every dot
+    product between rows - the tied output layer's logits included. Deterministic: each
+    singular vector's sign is fixed by its largest entry."""
+    _, _, vt = np.linalg.svd(table.astype(np.float32), full_matrices=False)
+    basis = vt[:d].T  # [D, d]
+    basis = basis * np.sign(basis[np.abs(basis).argmax(0), np.arange(d)])
+    return table.astype(np.float32) @ basis

@@ -97,3 +97,18 @@ def test_write_rows_drops_out_of_range_and_respects_keep():
     keep = jnp.array([[True, False, True], [True, True, False]])
     out = np.asarray(write_rows(buf, new, jnp.array([0, 2]), keep)[..., 0, 0])
     np.testing.assert_array_equal(out, [[1, 0, 3, 0, 0], [0, 0, 4, 5, 0]])
+
+
+def test_reduced_embedding_keeps_dot_products():
+    from compiler.nn import reduced_embedding
+
+    rng = np.random.default_rng(0)
+    # a table with a few strong directions, like trained embeddings
+    table = rng.normal(size=(500, 4)) @ rng.normal(size=(4, 32)) * 3 + rng.normal(size=(500, 32))
+    full = reduced_embedding(table, 32)
+    np.testing.assert_allclose(full @ full.T, table @ table.T, atol=1e-3, rtol=1e-4)
+    small = reduced_embedding(table, 8)
+    assert small.shape == (500, 8)
+    err = np.linalg.norm(small @ small.T - table @ table.T) / np.linalg.norm(table @ table.T)
+    assert err < 0.1  # the strong directions survive
+    np.testing.assert_array_equal(small, reduced_embedding(table, 8))  # deterministic signs

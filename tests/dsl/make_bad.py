@@ -102,6 +102,7 @@ CASES = {
     "bench_drafter": BASE + "bench: {drafter: drafer}\n",
     "bench_gamma": BASE + "bench: {gammas: [2, 0]}\n",
     "bench_prompts": BASE + "bench: {code_prompts: 0}\n",
+    "embed_from_wider": BASE.replace("n_heads: 4}", "n_heads: 4, init: {embed_from: small}}"),
     "override_key": "# overrides: decode.gama=3\n" + BASE,
     "override_syntax": "# overrides: decode.gamma\n" + BASE,
     "override_exists": "# overrides: +decode.gamma=3\n" + BASE,

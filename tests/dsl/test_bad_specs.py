@@ -23,6 +23,7 @@ EXPECTED = {
     "cache_overflow": ("E-CHECK-CACHE", 10, 80),
     "decode_no_draft": ("E-CHECK-DECODE-MISSING", 10, 18),
     "distil_no_teacher": ("E-CHECK-OBJECTIVE", 14, 64),
+    "embed_from_wider": ("E-CHECK-EMBED-INIT", 4, 68),
     "enum_norm": ("E-SCHEMA-ENUM", 5, 55),
     "enum_policy": ("E-SCHEMA-ENUM", 10, 18),
     "expr_div_zero": ("E-EXPR-VALUE", 5, 83),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from runtime import bench, run
@@ -83,3 +84,19 @@ def test_chat_flag_without_a_template_is_a_user_error(tmp_path, capsys):
     argv = ["run", str(spec), "generate", "--chat", "--prompt", "hi", "--run-dir", str(tmp_path)]
     assert main(argv) == 2
     assert "chat template" in capsys.readouterr().err
+
+
+def test_embed_from_starts_the_small_model_from_the_large_embeddings(tmp_path):
+    from compiler.nn import reduced_embedding
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        SPEC.replace("drafter: {d_model: 16,", "drafter: {init: {embed_from: large}, d_model: 16,")
+    )
+    r = run.open_run(spec, run_dir=tmp_path / "run", log=lambda *a: None)
+    params = run.initial_params(r)
+    large = np.asarray(params["large"]["embed"]["tokens"])
+    np.testing.assert_allclose(
+        params["drafter"]["embed"]["tokens"], reduced_embedding(large, 16), rtol=1e-6
+    )
+    assert not np.allclose(params["small"]["embed"]["tokens"][:, :16], reduced_embedding(large, 16))
