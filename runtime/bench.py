@@ -72,8 +72,10 @@ def chat_prompt(tokenizer, message: str) -> str:
 
 def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str, DecodeIR]:
     """Row name -> decode settings. The first row is the baseline."""
+    from .run import autoregressive
+
     base = dataclasses.replace(d, policy="speed", adaptive=None, draft_ngram=0)
-    out = {"autoregressive": dataclasses.replace(base, policy="autoregressive", draft=None)}
+    out = {"autoregressive": autoregressive(d)}
     if lookup_n:
         out[f"prompt lookup n={lookup_n} gamma=4"] = dataclasses.replace(
             base, draft=None, draft_ngram=lookup_n, gamma=4
@@ -90,13 +92,12 @@ def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str
 def run_bench(r) -> dict:
     from compiler.sharding import Sharder, generate_program
 
-    from .run import _sharded_params, encode_prompts
+    from .run import _sharded_params, encode_prompts, with_eos
 
     b, d = r.spec.bench, r.prog.decode
     if d.draft is None:
         raise UserError("the bench compares drafters: decode.draft must name a model")
-    eos = getattr(r.tokenizer, "eos_id", -1)
-    d = dataclasses.replace(d, eos_id=eos if r.spec.decode.stop_at_eos else -1)
+    d = with_eos(r, d)
     longest = max([*b.gammas, 4])
     budget = min(256, r.prog.max_len - d.max_new_tokens - longest - 2)
     prompts = [("code", p) for p in code_prompts(r, b.code_prompts, budget)]

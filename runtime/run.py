@@ -277,8 +277,7 @@ def generate(
     decode = decode or r.prog.decode
     if decode is None:
         raise UserError("the spec has no decode section: add one to generate")
-    eos = getattr(r.tokenizer, "eos_id", -1)
-    decode = dataclasses.replace(decode, eos_id=eos if r.spec.decode.stop_at_eos else -1)
+    decode = with_eos(r, decode)
     params = _sharded_params(r)
     tokens, lens = encode_prompts(r, prompts, decode)
     from .router import spec_stop_rule
@@ -314,6 +313,12 @@ def generate(
     stats["tokens_per_s"] = stats["tokens"] / best
     texts = [r.tokenizer.decode(t) for t in out_tokens]
     return Generation(texts, out_tokens, best, stats)
+
+
+def with_eos(r: Run, decode: DecodeIR) -> DecodeIR:
+    """Rows stop at the tokenizer's end-of-sequence token when the spec says so."""
+    eos = getattr(r.tokenizer, "eos_id", -1)
+    return dataclasses.replace(decode, eos_id=eos if r.spec.decode.stop_at_eos else -1)
 
 
 def autoregressive(d: DecodeIR) -> DecodeIR:

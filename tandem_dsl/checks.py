@@ -287,13 +287,8 @@ def decoding(ctx: Context):
         )
         return
     if isinstance(d.draft, str) and ctx.model_ref(d.draft, p + ("draft",)):
-        if d.target is not None and _vocab(ctx, d.draft) != _vocab(ctx, d.target):
-            ctx.error(
-                "E-CHECK-VOCAB",
-                f"draft '{d.draft}' (vocab {_vocab(ctx, d.draft)}) and target '{d.target}' "
-                f"(vocab {_vocab(ctx, d.target)}) must share a vocabulary",
-                p + ("draft",),
-            )
+        if d.target is not None:
+            _same_vocab_as_target(ctx, "draft", d.draft, d.target, p + ("draft",))
         if d.policy == "standalone" and not any(
             w.query == d.draft and w.kind == "tandem" for w in ctx.spec.wiring
         ):
@@ -329,6 +324,16 @@ def decoding(ctx: Context):
         )
 
 
+def _same_vocab_as_target(ctx: Context, role: str, name: str, target: str, path) -> None:
+    if _vocab(ctx, name) != _vocab(ctx, target):
+        ctx.error(
+            "E-CHECK-VOCAB",
+            f"{role} '{name}' (vocab {_vocab(ctx, name)}) and target '{target}' "
+            f"(vocab {_vocab(ctx, target)}) must share a vocabulary",
+            path,
+        )
+
+
 @check
 def bench(ctx: Context):
     b, d = ctx.spec.bench, ctx.spec.decode
@@ -352,13 +357,7 @@ def bench(ctx: Context):
                 p + ("gammas", i),
             )
     if b.drafter is not None and ctx.model_ref(b.drafter, p + ("drafter",)):
-        if _vocab(ctx, b.drafter) != _vocab(ctx, d.target):
-            ctx.error(
-                "E-CHECK-VOCAB",
-                f"drafter '{b.drafter}' (vocab {_vocab(ctx, b.drafter)}) and target "
-                f"'{d.target}' (vocab {_vocab(ctx, d.target)}) must share a vocabulary",
-                p + ("drafter",),
-            )
+        _same_vocab_as_target(ctx, "drafter", b.drafter, d.target, p + ("drafter",))
     if b.code_prompts == 0 and not b.chat_prompts:
         ctx.error(
             "E-CHECK-BENCH-PROMPTS",
