@@ -17,15 +17,17 @@ from compiler.decode.state import LoopConfig
 from compiler.nn import init_cache
 
 
-def _loop_ms(step, carry, n: int, repeats: int) -> float:
-    """ms per iteration of `step` run n times inside one jitted fori_loop (no per-call
-    dispatch, as inside the generate loop); best of repeats (contended machines)."""
-    fn = jax.jit(lambda c: jax.lax.fori_loop(0, n, lambda i, c: step(c), c))
-    carry = jax.block_until_ready(fn(carry))  # compile / warm up
+def _loop_ms(step, params, carry, n: int, repeats: int) -> float:
+    """ms per iteration of `step(params, carry)` run n times inside one jitted fori_loop (no
+    per-call dispatch, as inside the generate loop); best of repeats (contended machines).
+    params go in as an argument, as in the generate loop: closed over, XLA would fold them
+    into constants (precomputing e.g. the transposed output layer) and time another program."""
+    fn = jax.jit(lambda p, c: jax.lax.fori_loop(0, n, lambda i, c: step(p, c), c))
+    carry = jax.block_until_ready(fn(params, carry))  # compile / warm up
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        carry = jax.block_until_ready(fn(carry))
+        carry = jax.block_until_ready(fn(params, carry))
         best = min(best, time.perf_counter() - t)
     return 1e3 * best / n
 
@@ -39,14 +41,14 @@ def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int =
     large, small = init_cache(cfg.target, batch, s), init_cache(cfg.draft, batch, s)
     acc = jnp.zeros((), jnp.float32)
 
-    def small_step_(c):
+    def small_step_(params, c):
         cache, acc = c
         tok = jnp.zeros((batch, 1), jnp.int32) + (acc > 1e30).astype(jnp.int32)
         logits, cache = small_step(cfg, params, cache, tok, start)
         return cache, acc + logits[:, 0, 0].sum()  # keep the output live
 
     def block(k):
-        def run(c):
+        def run(params, c):
             lc, sc, acc = c
             tok = jnp.zeros((batch, k + 1), jnp.int32) + (acc > 1e30).astype(jnp.int32)
             count = jnp.full((batch,), k + 1, jnp.int32)
@@ -58,9 +60,9 @@ def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int =
     sizes = cfg.buckets or tuple(range(1, cfg.gamma + 1))
     return {
         "batch": batch,
-        "small_ms": _loop_ms(small_step_, (small, acc), n, repeats),
+        "small_ms": _loop_ms(small_step_, params, (small, acc), n, repeats),
         "block_ms": {
-            k: _loop_ms(block(k), (large, small, acc), n, repeats) for k in sizes if k > 0
+            k: _loop_ms(block(k), params, (large, small, acc), n, repeats) for k in sizes if k > 0
         },  # fmt: skip
     }
 
