@@ -228,6 +228,7 @@ class DecodeIR:
     target: str
     draft: str | None = None  # a model name (None for autoregressive)
     draft_ngram: int = 0  # > 0: prompt-lookup drafter with this n, no draft model
+    draft_vocab: int = 0  # > 0: the draft model proposes only ids < draft_vocab
     gamma: int = 4
     free_token: bool = True  # standalone: the large model's own next token starts M_S
     adaptive: AdaptiveIR | None = None

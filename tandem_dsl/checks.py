@@ -299,6 +299,8 @@ def decoding(ctx: Context):
             )
     elif d.draft is not None and not isinstance(d.draft, str) and d.policy == "standalone":
         ctx.error("E-CHECK-STANDALONE", "standalone decoding needs a model draft", p + ("draft",))
+    if d.draft_vocab:
+        _draft_vocab(ctx, d, p + ("draft_vocab",))
     longest = d.gamma if d.adaptive is None else max(d.gamma, d.adaptive.max_gamma)
     max_len = ctx.spec.shapes.max_len
     if longest >= max_len:
@@ -321,6 +323,24 @@ def decoding(ctx: Context):
             "policy adaptive needs an `adaptive:` section",
             p + ("policy",),
             "add `adaptive: {threshold: 0.8, max_gamma: 16}`",
+        )
+
+
+def _draft_vocab(ctx: Context, d, path) -> None:
+    if d.policy not in ("speed", "adaptive") or not isinstance(d.draft, str):
+        ctx.error(
+            "E-CHECK-DRAFT-VOCAB",
+            "draft_vocab restricts a draft model's proposals; it needs policy speed or adaptive "
+            "with a model draft (standalone would change the output)",
+            path,
+        )
+    elif d.draft in ctx.spec.models and d.draft_vocab > _vocab(ctx, d.draft):
+        ctx.error(
+            "E-CHECK-DRAFT-VOCAB",
+            f"draft_vocab {d.draft_vocab} exceeds the vocabulary of '{d.draft}' "
+            f"({_vocab(ctx, d.draft)})",
+            path,
+            "use at most the model's vocab, or 0 for all of it",
         )
 
 

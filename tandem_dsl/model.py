@@ -214,6 +214,12 @@ class Decode:
     target: str | None = opt(None, doc="The large (verifying) model.")
     draft: str | NgramDraft | None = opt(None, doc="Drafter: a model name or {kind: ngram, n: 3}.")
     gamma: int = opt(4, doc="Draft / block length.", minimum=1)
+    draft_vocab: int = opt(
+        0,
+        doc="Draft only token ids below this (0 = the whole vocabulary): the draft model's "
+        "output layer shrinks to these rows; verification stays lossless (speed, adaptive).",
+        minimum=0,
+    )
     free_token: bool = opt(True, doc="Standalone: start M_S from the large model's next token.")
     adaptive: Adaptive | None = opt(None, doc="Adaptive block length settings.")
     sampling: Sampling = opt(factory=Sampling, doc="Sampling settings.")

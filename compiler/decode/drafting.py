@@ -13,6 +13,7 @@ Which positions M_S itself must process (its own K/V) depends on the wiring:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -41,9 +42,26 @@ def _draw(cfg: LoopConfig, key, logits: jax.Array):
     return sample_probs(key, q), q, q
 
 
+def draft_head(cfg: LoopConfig, params: dict) -> dict:
+    """params with M_S's output layer cut to its first `draft_vocab` rows, as an untied
+    lm_head [D, N]. Cutting a cut head is a no-op, so `generate` cuts once, outside its
+    loops, and every M_S step inside reads the small head instead of slicing per step."""
+    n = cfg.draft_vocab
+    if not n:
+        return params
+    p = params[cfg.draft.name]
+    w = p["lm_head"]["w"][:, :n] if "lm_head" in p else p["embed"]["tokens"][:n].T
+    return {**params, cfg.draft.name: {**p, "lm_head": {"w": w}}}
+
+
 def small_step(cfg: LoopConfig, params: dict, cache, tokens, start):
-    """M_S over tokens [B, K] at positions start[b] + i -> (logits [B, K, V], cache)."""
-    return small_block(params[cfg.draft.name], cfg.draft, cfg.wiring, cache, tokens, start)
+    """M_S over tokens [B, K] at positions start[b] + i -> (logits [B, K, V], cache); with
+    draft_vocab N the logits cover ids < N only ([B, K, N])."""
+    model = cfg.draft
+    if cfg.draft_vocab:
+        params = draft_head(cfg, params)
+        model = dataclasses.replace(model, vocab=cfg.draft_vocab, tie_embeddings=False)
+    return small_block(params[model.name], model, cfg.wiring, cache, tokens, start)
 
 
 def draft(
@@ -76,13 +94,17 @@ def draft(
     lbuf = jnp.zeros((b, g, v), jnp.float32) if cfg.return_logits else None
 
     def record(i, logits, toks, qbuf, lbuf):
-        """Draw draft i+1 from M_S's logits [B, V] at position f + i and store it."""
+        """Draw draft i+1 from M_S's logits [B, V] (or [B, draft_vocab]) at position f + i and
+        store it; ids past draft_vocab get q = 0 (the residual covers them: still lossless)."""
         tok, q, conf = _draw(cfg, keys[i], logits)
         toks = toks.at[:, i].set(tok)
+        n = logits.shape[-1]
         if qbuf is not None:
-            qbuf = qbuf.at[:, i].set(q)
+            qbuf = qbuf.at[:, i, :n].set(q)
         if lbuf is not None:
-            lbuf = lbuf.at[:, i].set(logits)
+            lbuf = lbuf.at[:, i].set(
+                jnp.pad(logits, ((0, 0), (0, v - n)), constant_values=-jnp.inf)
+            )
         return toks, qbuf, lbuf, DraftSignal(logits, conf, tok, i + 1)
 
     stateful = hasattr(rule, "init")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from compiler.decode.drafting import draft, small_step
+from compiler.decode.drafting import draft, draft_head, small_step
 from compiler.decode.lookup import ngram_draft
 from compiler.decode.rules import FixedRule, HeuristicRule
 from compiler.decode.sampling import probs, sample
@@ -269,6 +269,7 @@ def generate(
 ) -> GenerateResult:
     """The whole generation: prefill, then rounds until every row is done. `pin(state)` is
     applied after prefill and every round (the sharded program pins the KV caches there)."""
+    params = draft_head(cfg, params)  # once, not per M_S step
     state = pin(prefill(cfg, params, prompt, prompt_lens, key))
     round_fn = ROUNDS[cfg.policy]
     state = jax.lax.while_loop(

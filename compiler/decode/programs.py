@@ -116,6 +116,12 @@ def loop_config(
         )
     if decode.gamma < 1:
         raise ValueError(f"decode.gamma must be >= 1, got {decode.gamma}")
+    if decode.draft_vocab and (decode.policy == "standalone" or decode.draft_vocab > draft.vocab):
+        raise ValueError(
+            f"decode.draft_vocab {decode.draft_vocab}: needs policy speed or adaptive and at most "
+            f"the draft's vocab {draft.vocab}"
+        )
+    common["draft_vocab"] = decode.draft_vocab
     if decode.policy == "standalone":
         if not tandem:
             raise ValueError(

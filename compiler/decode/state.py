@@ -44,6 +44,8 @@ class LoopConfig:
     # verify-block buckets: draft counts the verify pass is compiled for (ascending, last = gamma);
     # each round runs the smallest that holds every active row's drafts. () = always gamma.
     buckets: tuple[int, ...] = ()
+    # > 0: M_S proposes only ids < draft_vocab (a cut output layer, `drafting.draft_head`)
+    draft_vocab: int = 0
 
     @property
     def buf_len(self) -> int:

@@ -8,6 +8,7 @@ TV bound: see tests/decode/test_sampling.py (McDiarmid, delta = 1e-6).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -41,15 +42,19 @@ def _exact_joint(params, large, s: SamplingIR) -> np.ndarray:
     return p1[:, None] * p2
 
 
+# name -> (policy, sampling, adaptive, draft_vocab)
 CASES = {
-    "speed-T1": ("speed", SamplingIR(temperature=1.0), None),
-    "speed-T0.7-topk3": ("speed", SamplingIR(temperature=0.7, top_k=3), None),
+    "speed-T1": ("speed", SamplingIR(temperature=1.0), None, 0),
+    "speed-T0.7-topk3": ("speed", SamplingIR(temperature=0.7, top_k=3), None, 0),
+    # M_S proposes ids < 5 only: q = 0 for the other 3, the residual must supply them
+    "speed-T1-draft_vocab5": ("speed", SamplingIR(temperature=1.0), None, 5),
     "adaptive-T1-topp0.9": (
         "adaptive",
         SamplingIR(temperature=1.0, top_p=0.9),
         AdaptiveIR(rule="confidence", threshold=0.5, max_gamma=4),
+        0,
     ),
-    "autoregressive-T0.7-topk3": ("autoregressive", SamplingIR(temperature=0.7, top_k=3), None),
+    "autoregressive-T0.7-topk3": ("autoregressive", SamplingIR(temperature=0.7, top_k=3), None, 0),
 }
 
 
@@ -60,12 +65,13 @@ SLOW_CASES = {"adaptive-T1-topp0.9", "autoregressive-T0.7-topk3"}  # run with -m
     "case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES]
 )
 def test_first_two_tokens_follow_large_model(case):
-    policy, s, adaptive = CASES[case]
+    policy, s, adaptive, draft_vocab = CASES[case]
     prog = program("tandem", vocab=V, d_large=16, d_small=16)  # cheap rows
     large, small = prog.models
     params = params_for(prog, seed=7, head_scale=2.0)
     decode = decode_ir(policy, gamma=3, max_new=2, adaptive=adaptive,
                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)  # fmt: skip
+    decode = dataclasses.replace(decode, draft_vocab=draft_vocab)
     prompt = jnp.tile(jnp.asarray(PROMPT, jnp.int32), (N, 1))
     lens = jnp.full((N,), len(PROMPT), jnp.int32)
     res = generator(prog, decode)(params, prompt, lens, jax.random.key(11))

@@ -102,6 +102,10 @@ CASES = {
     "bench_drafter": BASE + "bench: {drafter: drafer}\n",
     "bench_gamma": BASE + "bench: {gammas: [2, 0]}\n",
     "bench_prompts": BASE + "bench: {code_prompts: 0}\n",
+    "draft_vocab_big": BASE.replace("gamma: 4,", "gamma: 4, draft_vocab: 99999,"),
+    "draft_vocab_standalone": BASE.replace("policy: speed", "policy: standalone").replace(
+        "gamma: 4,", "gamma: 4, draft_vocab: 100,"
+    ),
     "embed_from_wider": BASE.replace("n_heads: 4}", "n_heads: 4, init: {embed_from: small}}"),
     "override_key": "# overrides: decode.gama=3\n" + BASE,
     "override_syntax": "# overrides: decode.gamma\n" + BASE,

@@ -23,6 +23,8 @@ EXPECTED = {
     "cache_overflow": ("E-CHECK-CACHE", 10, 80),
     "decode_no_draft": ("E-CHECK-DECODE-MISSING", 10, 18),
     "distil_no_teacher": ("E-CHECK-OBJECTIVE", 14, 64),
+    "draft_vocab_big": ("E-CHECK-DRAFT-VOCAB", 10, 77),
+    "draft_vocab_standalone": ("E-CHECK-DRAFT-VOCAB", 10, 82),
     "embed_from_wider": ("E-CHECK-EMBED-INIT", 4, 68),
     "enum_norm": ("E-SCHEMA-ENUM", 5, 55),
     "enum_policy": ("E-SCHEMA-ENUM", 10, 18),
