@@ -1,0 +1,173 @@
+"""`python -m runtime.step_bench SPEC`: what XLA makes of our decoder step, side by side with a
+plain hand-written JAX Llama step on the same weights, cache length and machine.
+
+The hand-written step is the form the SmolLM2 reference measured at ~19 ms/token
+(`reference/smollm2-real-model.md` section 5): one function, per-layer weights and [S, K, E]
+caches updated with dynamic_update_slice, masked attention over the whole cache. Ours is
+`compiler.nn.decoder_block`, which every decode loop runs. Both are jitted with donated caches,
+timed interleaved (median of n calls each) for k = 1 (an autoregressive step) and the verify
+block sizes, and must give the same logits, or the comparison would be void. A machine line
+(bandwidth of the output-layer mat-vec) says how fast this machine is right now.
+Only rope + rmsnorm + swiglu models (Llama) have a hand-written twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compiler.ir import DecoderIR
+from compiler.nn import decoder_block, init_cache
+
+
+def _rms(x, w, eps):
+    return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * w
+
+
+def _rope(x, pos, theta):  # x [T, N, E], rotate-half
+    e = x.shape[-1]
+    ang = pos[:, None].astype(jnp.float32) * theta ** (-jnp.arange(0, e, 2) / e)
+    c, s = jnp.cos(ang)[:, None], jnp.sin(ang)[:, None]
+    x1, x2 = x[..., : e // 2], x[..., e // 2 :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+
+def hand_written_step(cfg: DecoderIR):
+    """(params, k caches, v caches, tokens [T], pos0) -> (logits [T, V], k caches, v caches)."""
+    h, kv, e, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_model
+    eps, theta = cfg.norm_eps, cfg.rope_theta
+
+    def step(params, kcs, vcs, tokens, pos0):
+        t, s = tokens.shape[0], kcs[0].shape[0]
+        pos = pos0 + jnp.arange(t)
+        mask = jnp.arange(s)[None] <= pos[:, None]
+        x = params["embed"]["tokens"][tokens]
+        new_k, new_v = [], []
+        for layer in range(cfg.n_layers):
+            lp = params[f"layers_{layer}"]
+            a, m = lp["attn"], lp["mlp"]
+            y = _rms(x, lp["attn_norm"]["scale"], eps)
+            q = _rope((y @ a["wq"].reshape(d, -1)).reshape(t, h, e), pos, theta)
+            k = _rope((y @ a["wk"].reshape(d, -1)).reshape(t, kv, e), pos, theta)
+            v = (y @ a["wv"].reshape(d, -1)).reshape(t, kv, e)
+            kc = jax.lax.dynamic_update_slice(kcs[layer], k, (pos0, 0, 0))
+            vc = jax.lax.dynamic_update_slice(vcs[layer], v, (pos0, 0, 0))
+            new_k.append(kc)
+            new_v.append(vc)
+            sc = jnp.einsum("tkgd,skd->kgts", q.reshape(t, kv, h // kv, e), kc) * e**-0.5
+            w = jax.nn.softmax(jnp.where(mask[None, None], sc, -jnp.inf), -1)
+            o = jnp.einsum("kgts,skd->tkgd", w, vc).reshape(t, h * e)
+            x = x + o @ a["wo"].reshape(h * e, d)
+            y = _rms(x, lp["mlp_norm"]["scale"], eps)
+            x = x + (jax.nn.silu(y @ m["w_gate"]) * (y @ m["w_up"])) @ m["w_down"]
+        head = params["embed"]["tokens"].T if cfg.tie_embeddings else params["lm_head"]["w"]
+        return _rms(x, params["final_norm"]["scale"], eps) @ head, new_k, new_v
+
+    return jax.jit(step, donate_argnums=(1, 2))
+
+
+def our_step(cfg: DecoderIR):
+    """(params, cache, tokens [1, T], start [1]) -> (logits [1, T, V], cache)."""
+
+    def step(params, cache, tokens, start):
+        logits, _, cache = decoder_block(params, cfg, cache, tokens, start)
+        return logits, cache
+
+    return jax.jit(step, donate_argnums=(1,))
+
+
+def twin_problem(cfg: DecoderIR) -> str | None:
+    """Why the model has no hand-written twin (None when it has one)."""
+    want = {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "dtype": "float32"}
+    bad = [f"{k} {getattr(cfg, k)}" for k, v in want.items() if getattr(cfg, k) != v]
+    return f"model {cfg.name!r} is not a float32 Llama ({', '.join(bad)})" if bad else None
+
+
+def machine_gbs(params: dict, cfg: DecoderIR, n: int = 20) -> float:
+    """GB/s of the output-layer mat-vec (x @ W), the machine's speed right now."""
+    w = params["embed"]["tokens"] if cfg.tie_embeddings else params["lm_head"]["w"].T
+    f = jax.jit(lambda x, w: x @ w.T)
+    x = jnp.ones((1, cfg.d_model), w.dtype)
+    jax.block_until_ready(f(x, w))
+    best = min(_timed(lambda: f(x, w)) for _ in range(n))
+    return w.nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t
+
+
+def compare(params: dict, cfg: DecoderIR, max_len: int, ks=(1, 3, 5, 9), n: int = 30,
+            start: int = 100) -> dict:  # fmt: skip
+    """{k: {"ours_ms", "hand_ms", "ratio"}} plus the machine line; raises if the logits differ."""
+    problem = twin_problem(cfg)
+    if problem:
+        raise ValueError(f"{problem}: no hand-written step to compare with")
+    ours, hand = our_step(cfg), hand_written_step(cfg)
+    start = min(start, max_len - max(ks) - 1)
+    kv_shape = (max_len, cfg.n_kv_heads, cfg.head_dim)
+    out = {"machine_gbs": machine_gbs(params, cfg), "max_len": max_len, "steps": {}}
+    for k in ks:
+        tokens = (jnp.arange(k, dtype=jnp.int32) * 7 + 3) % cfg.vocab
+        cache = init_cache(cfg, 1, max_len)
+        kcs = [jnp.zeros(kv_shape) for _ in range(cfg.n_layers)]
+        vcs = [jnp.zeros(kv_shape) for _ in range(cfg.n_layers)]
+        pos = jnp.asarray([start], jnp.int32)
+        lo, cache = ours(params, cache, tokens[None], pos)
+        lh, kcs, vcs = hand(params, kcs, vcs, tokens, jnp.int32(start))
+        err = float(jnp.max(jnp.abs(lo[0] - lh)))
+        scale = float(jnp.max(jnp.abs(lh)))
+        if not err <= 1e-4 * max(scale, 1.0):
+            raise AssertionError(f"k={k}: logits differ by {err} (max |logit| {scale})")
+        t_ours, t_hand = [], []
+        for _ in range(n):  # interleaved: drift hits both alike; caches threaded (donated)
+            t = time.perf_counter()
+            lo, cache = jax.block_until_ready(ours(params, cache, tokens[None], pos))
+            t_ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            lh, kcs, vcs = jax.block_until_ready(hand(params, kcs, vcs, tokens, jnp.int32(start)))
+            t_hand.append(time.perf_counter() - t)
+        o, h = 1e3 * float(np.median(t_ours)), 1e3 * float(np.median(t_hand))
+        out["steps"][k] = {"ours_ms": o, "hand_ms": h, "ratio": o / h, "max_abs_diff": err}
+    return out
+
+
+def table(res: dict, name: str) -> str:
+    lines = [
+        f"# model {name}, batch 1, cache {res['max_len']} slots, fp32; machine: output-layer "
+        f"mat-vec {res['machine_gbs']:.1f} GB/s",
+        "| tokens per call | ours ms | hand-written ms | ours / hand-written | max abs diff |",
+        "|---|---|---|---|---|",
+    ]
+    for k, s in res["steps"].items():
+        lines.append(f"| {k} | {s['ours_ms']:.1f} | {s['hand_ms']:.1f} | {s['ratio']:.2f} "
+                     f"| {s['max_abs_diff']:.1e} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m runtime.step_bench", description=__doc__)
+    ap.add_argument("spec")
+    ap.add_argument("--model", help="model name (default: decode.target)")
+    ap.add_argument("--ks", default="1,3,5,9", help="tokens per call, comma-separated")
+    ap.add_argument("-n", type=int, default=30, help="timed calls per step and k")
+    a = ap.parse_args(argv)
+    from .run import initial_params, open_run
+
+    r = open_run(a.spec)
+    name = a.model or (r.prog.decode.target if r.prog.decode else r.prog.models[0].name)
+    params = initial_params(r)[name]
+    res = compare(params, r.prog.model(name), r.prog.max_len,
+                  tuple(int(k) for k in a.ks.split(",")), a.n)  # fmt: skip
+    print(table(res, name))
+    return res
+
+
+if __name__ == "__main__":
+    main()
