@@ -273,24 +273,22 @@ def bench_rules(r, batch: int = 1, prompt_len: int = 64, repeats: int = 3,
         "| greedy == M_L |"
     )
     r.log("|---|---|---|---|---|---|---|---|")
+    from .run import decode_stats, token_rows
+
     rows = {}
     ref_tokens, ref_tps = None, None
     for name, res in results.items():
-        sec = best[name]
-        lengths = np.asarray(res.lengths)
-        toks = [np.asarray(res.tokens)[b, : lengths[b]].tolist() for b in range(batch)]
-        n = int(lengths.sum())
-        st = jax.device_get(res.stats)
+        s = decode_stats([res], best[name])
+        toks = token_rows(res)
         if ref_tokens is None:
-            ref_tokens, ref_tps = toks, n / sec
-        rounds = int(st.rounds.sum())
+            ref_tokens, ref_tps = toks, s["tokens_per_s"]
         row = {
-            "tokens_per_s": n / sec,
-            "speedup": n / sec / ref_tps,
-            "tau": float(st.round_tokens.sum() / rounds) if rounds else None,
-            "large_calls_per_token": float(st.large_calls.sum() / n),
-            "small_calls_per_token": float(st.small_calls.sum() / n),
-            "drafts_per_round": float(st.drafted_by_pos.sum() / rounds) if rounds else 0.0,
+            "tokens_per_s": s["tokens_per_s"],
+            "speedup": s["tokens_per_s"] / ref_tps,
+            "tau": s["tau"] if s["rounds"] else None,
+            "large_calls_per_token": s["large_calls_per_token"],
+            "small_calls_per_token": s["small_calls_per_token"],
+            "drafts_per_round": s["drafts_per_round"],
             "identical": toks == ref_tokens,
         }
         rows[name] = row

@@ -295,24 +295,43 @@ def generate(
         start = time.perf_counter()
         result = jax.block_until_ready(fn(params, jnp.asarray(tokens), jnp.asarray(lens), key))
         best = min(best, time.perf_counter() - start)
-    lengths = np.asarray(result.lengths)
-    out_tokens = [np.asarray(result.tokens)[i, : lengths[i]].tolist() for i in range(len(prompts))]
-    s = result.stats
-    stats = {
-        "tokens": int(lengths.sum()),
-        "large_calls": int(np.asarray(s.large_calls).sum()),
-        "small_calls": int(np.asarray(s.small_calls).sum()),
-        "rounds": int(np.asarray(s.rounds).sum()),
-        "round_tokens": int(np.asarray(s.round_tokens).sum()),
-        "accepted_by_pos": np.asarray(s.accepted_by_pos).sum(0).tolist(),
-        "drafted_by_pos": np.asarray(s.drafted_by_pos).sum(0).tolist(),
-    }
-    stats["tau"] = stats["round_tokens"] / max(stats["rounds"], 1)
-    stats["large_calls_per_token"] = stats["large_calls"] / max(stats["tokens"], 1)
-    stats["small_calls_per_token"] = stats["small_calls"] / max(stats["tokens"], 1)
-    stats["tokens_per_s"] = stats["tokens"] / best
+    out_tokens = token_rows(result)
     texts = [r.tokenizer.decode(t) for t in out_tokens]
-    return Generation(texts, out_tokens, best, stats)
+    return Generation(texts, out_tokens, best, decode_stats([result], best))
+
+
+def token_rows(result) -> list[list[int]]:
+    """A GenerateResult's generated tokens, one list per row (up to its length)."""
+    toks, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
+    return [toks[i, : lengths[i]].tolist() for i in range(len(lengths))]
+
+
+def decode_stats(results: list, seconds: float) -> dict:
+    """Totals and rates over GenerateResults that took `seconds` together: tokens, M_L / M_S
+    calls (and per token), rounds, tau (tokens per round, counting the bonus token; 0 without
+    rounds), drafts per round, accepted / drafted counts by draft position, tokens/s."""
+    stats = [jax.device_get(res.stats) for res in results]
+
+    def total(field):
+        return sum(np.asarray(getattr(s, field)).sum(0) for s in stats)
+
+    tokens = sum(int(np.asarray(res.lengths).sum()) for res in results)
+    rounds = int(total("rounds"))
+    drafted = total("drafted_by_pos")
+    return {
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "large_calls": int(total("large_calls")),
+        "small_calls": int(total("small_calls")),
+        "large_calls_per_token": int(total("large_calls")) / max(tokens, 1),
+        "small_calls_per_token": int(total("small_calls")) / max(tokens, 1),
+        "rounds": rounds,
+        "round_tokens": int(total("round_tokens")),
+        "tau": int(total("round_tokens")) / max(rounds, 1),
+        "drafts_per_round": float(drafted.sum()) / max(rounds, 1),
+        "accepted_by_pos": total("accepted_by_pos").tolist(),
+        "drafted_by_pos": drafted.tolist(),
+    }
 
 
 def with_eos(r: Run, decode: DecodeIR) -> DecodeIR:
