@@ -7,7 +7,10 @@ small model) at every gamma. Prompts: code cut from held-out corpus files (the v
 split, so no model trained on them) and chat messages wrapped in the tokenizer's chat template.
 Each method is compiled and warmed up first; then the timed runs are interleaved (every method
 on every prompt, `repeats` times) so machine drift hits all methods alike, and the fastest run
-of each (method, prompt) counts. Writes bench.json, bench.md and bench.png to the run directory.
+of each (method, prompt) counts. Then the pieces are timed inside compiled loops (one M_S step
+of each drafter, the verify pass at each gamma) to give every SPEED row its ceiling: the speedup
+it would reach if every draft were accepted. Writes bench.json, bench.md and bench.png to the
+run directory.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from compiler.ir import DecodeIR
 
@@ -125,35 +127,79 @@ def run_bench(r) -> dict:
                 best[name, i] = min(best[name, i], time.perf_counter() - t)
         r.log(f"bench: timed run {rep + 1}/{b.repeats} done")
     rows = _rows(table, prompts, results, best)
+    drafters = [d.draft, *([b.drafter] if b.drafter else [])]
+    costs = measured_costs(r.prog, params, d, b.gammas, drafters, tokens.shape[1])
+    r.log(
+        "bench: measured M_S step (ms) "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in costs["step_ms"].items())
+        + "; verify pass by gamma (ms) "
+        + ", ".join(f"{k}: {v:.1f}" for k, v in costs["verify_ms"].items())
+    )
+    _add_ceilings(rows, table, costs)
     out = {
         "spec": r.spec.name,
         "device": jax.devices()[0].device_kind,
         "max_new_tokens": d.max_new_tokens,
         "repeats": b.repeats,
         "prompts": [{"kind": k, "text": p} for k, p in prompts],
+        "costs": costs,
         "rows": rows,
     }
     _save(r.run_dir, out)
     return out
 
 
+def measured_costs(prog, params, d: DecodeIR, gammas, drafters, prompt_len: int) -> dict:
+    """{"step_ms": {drafter: one M_S step}, "verify_ms": {gamma: M_L over gamma + 1 tokens
+    with the Tandem memory write}}, batch 1, each timed inside a compiled loop
+    (`compiler.router.costs.measure`)."""
+    from compiler.decode.drafting import draft_head
+    from compiler.decode.programs import loop_config
+    from compiler.router.costs import measure
+
+    out = {"step_ms": {}, "verify_ms": {}}
+    for i, name in enumerate(drafters):
+        dec = dataclasses.replace(d, policy="speed", draft=name, gamma=max(gammas), adaptive=None)
+        cfg = loop_config(prog, dec)
+        # the verify passes once (the first drafter's config); the others only need the step
+        cfg = dataclasses.replace(cfg, buckets=tuple(sorted(gammas)) if i == 0 else (1,))
+        c = measure(cfg, draft_head(cfg, params), 1, prompt_len)
+        out["step_ms"][name] = c["small_ms"]
+        if i == 0:
+            out["verify_ms"] = {int(k): v for k, v in c["block_ms"].items()}
+    return out
+
+
+def _add_ceilings(rows: dict, table: dict, costs: dict) -> None:
+    """row["ceiling"]: the speedup of a SPEED row if all its drafts were accepted,
+    (gamma + 1) t_AR / (gamma t_step + t_verify), from the measured costs and the
+    autoregressive row's time per token."""
+    ar = rows[next(iter(table))]
+    t_ar = 1e3 * ar["seconds"] / ar["tokens"]
+    for name, dec in table.items():
+        step = costs["step_ms"].get(dec.draft)
+        if dec.policy == "speed" and step is not None and dec.gamma in costs["verify_ms"]:
+            g = dec.gamma
+            rows[name]["ceiling"] = (g + 1) * t_ar / (g * step + costs["verify_ms"][g])
+
+
 def _rows(table, prompts, results, best) -> dict:
+    from .run import decode_stats, token_rows
+
     base = next(iter(table))
-    ref = {i: _tokens(results[base, i]) for i in range(len(prompts))}
+    ref = {i: token_rows(results[base, i]) for i in range(len(prompts))}
     rows = {}
     for name in table:
-        st = [jax.device_get(results[name, i].stats) for i in range(len(prompts))]
-        n = [len(_tokens(results[name, i])) for i in range(len(prompts))]
         sec = [best[name, i] for i in range(len(prompts))]
-        rounds = sum(int(s.rounds.sum()) for s in st)
+        s = decode_stats([results[name, i] for i in range(len(prompts))], sum(sec))
         row = {
-            "tokens": sum(n),
+            "tokens": s["tokens"],
             "seconds": sum(sec),
-            "tokens_per_s": sum(n) / sum(sec),
-            "tau": sum(int(s.round_tokens.sum()) for s in st) / rounds if rounds else None,
-            "large_calls_per_token": sum(int(s.large_calls.sum()) for s in st) / sum(n),
-            "small_calls_per_token": sum(int(s.small_calls.sum()) for s in st) / sum(n),
-            "identical": all(_tokens(results[name, i]) == ref[i] for i in range(len(prompts))),
+            "tokens_per_s": s["tokens_per_s"],
+            "tau": s["tau"] if s["rounds"] else None,
+            "large_calls_per_token": s["large_calls_per_token"],
+            "small_calls_per_token": s["small_calls_per_token"],
+            "identical": all(token_rows(results[name, i]) == ref[i] for i in range(len(prompts))),
         }
         for kind in ("code", "chat"):  # per-kind speedups: total time ratio on those prompts
             idx = [i for i, (k, _) in enumerate(prompts) if k == kind]
@@ -171,15 +217,12 @@ def _rows(table, prompts, results, best) -> dict:
     return rows
 
 
-def _tokens(res) -> list[int]:
-    return np.asarray(res.tokens)[0, : int(np.asarray(res.lengths)[0])].tolist()
-
-
 def markdown(out: dict) -> str:
     """The table as Markdown (bench.md, and what docs/BENCHMARKS.md quotes)."""
     kinds = [k for k in ("code", "chat") if any(p["kind"] == k for p in out["prompts"])]
     head = ["method", "tokens/s", "speedup", *[f"speedup {k}" for k in kinds]]
-    head += ["vs standard SPEED", "tau", "M_L calls/token", "M_S calls/token", "greedy == M_L"]
+    head += ["vs standard SPEED", "tau", "M_L calls/token", "M_S calls/token"]
+    head += ["ceiling (all accepted)", "greedy == M_L"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in out["rows"].items():
         cells = [name, f"{row['tokens_per_s']:.1f}", f"{row['speedup']:.2f}x"]
@@ -187,6 +230,7 @@ def markdown(out: dict) -> str:
         gain = row.get("gain_over_standard")
         cells += [f"{gain:.2f}x" if gain else "-", f"{row['tau']:.2f}" if row["tau"] else "-"]
         cells += [f"{row['large_calls_per_token']:.3f}", f"{row['small_calls_per_token']:.3f}"]
+        cells += [f"{row['ceiling']:.2f}x" if "ceiling" in row else "-"]
         cells += ["yes" if row["identical"] else "NO"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

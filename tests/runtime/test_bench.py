@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from compiler.ir import DecodeIR
 from runtime import bench, run
 
 SPEC = """
@@ -53,6 +54,11 @@ def test_bench_rows_are_lossless_and_saved(r):
     assert rows["autoregressive"]["speedup"] == 1.0
     assert rows["Tandem + SPEED (small) gamma=3"]["small_calls_per_token"] > 0
     assert "gain_over_standard" in rows["Tandem + SPEED (small) gamma=1"]
+    assert set(out["costs"]["step_ms"]) == {"small", "drafter"}
+    assert set(out["costs"]["verify_ms"]) == {1, 3}
+    assert rows["standard SPEED (drafter) gamma=3"]["ceiling"] > 0
+    assert "ceiling" not in rows["autoregressive"]
+    assert "ceiling" not in rows["prompt lookup n=2 gamma=4"]
     assert [p["kind"] for p in out["prompts"]] == ["code", "code"]
     assert all(p["text"].splitlines()[-1].lstrip().startswith("def ") for p in out["prompts"])
     saved = json.loads((r.run_dir / "bench.json").read_text())
@@ -100,3 +106,14 @@ def test_embed_from_starts_the_small_model_from_the_large_embeddings(tmp_path):
         params["drafter"]["embed"]["tokens"], reduced_embedding(large, 16), rtol=1e-6
     )
     assert not np.allclose(params["small"]["embed"]["tokens"][:, :16], reduced_embedding(large, 16))
+
+
+def test_ceiling_is_the_all_accepted_speedup():
+    """gamma 3 at 1 ms per draft + 6 ms verify = 9 ms per round of 4 tokens, 3 ms per AR token:
+    12 ms / 9 ms."""
+    table = {"autoregressive": DecodeIR(policy="autoregressive", target="large"),
+             "speed": DecodeIR(policy="speed", target="large", draft="small", gamma=3)}  # fmt: skip
+    rows = {"autoregressive": {"seconds": 0.3, "tokens": 100}, "speed": {}}
+    bench._add_ceilings(rows, table, {"step_ms": {"small": 1.0}, "verify_ms": {3: 6.0}})
+    assert rows["speed"]["ceiling"] == pytest.approx(12 / 9)
+    assert "ceiling" not in rows["autoregressive"]
