@@ -35,7 +35,8 @@ def _loop_ms(step, params, carry, n: int, repeats: int) -> float:
 def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int = 20,
             repeats: int = 5) -> dict:  # fmt: skip
     """{"small_ms": one M_S step, "block_ms": {drafts k: verify pass of k + 1 tokens}} for the
-    buckets of cfg (every k in 1..G when it has none), each timed inside a compiled loop."""
+    buckets of cfg (every k in 1..G when it has none; k = 0 is the 1-token pass, an
+    autoregressive step), each timed inside a compiled loop."""
     s = cfg.cache_len(prompt_len)
     start = jnp.full((batch,), prompt_len, jnp.int32)
     large, small = init_cache(cfg.target, batch, s), init_cache(cfg.draft, batch, s)
@@ -62,7 +63,7 @@ def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int =
         "batch": batch,
         "small_ms": _loop_ms(small_step_, params, (small, acc), n, repeats),
         "block_ms": {
-            k: _loop_ms(block(k), params, (large, small, acc), n, repeats) for k in sizes if k > 0
+            k: _loop_ms(block(k), params, (large, small, acc), n, repeats) for k in sizes
         },  # fmt: skip
     }
 
