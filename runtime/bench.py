@@ -154,7 +154,6 @@ def measured_costs(prog, params, d: DecodeIR, gammas, drafters, prompt_len: int)
     {gamma: M_L over gamma + 1 tokens}} (M_L passes with the Tandem memory write), batch 1,
     each timed inside a compiled loop (`compiler.router.costs.measure`), one after the other
     so that they share the machine's state (its speed drifts over a long benchmark)."""
-    from compiler.decode.drafting import draft_head
     from compiler.decode.programs import loop_config
     from compiler.router.costs import measure
 
@@ -164,7 +163,7 @@ def measured_costs(prog, params, d: DecodeIR, gammas, drafters, prompt_len: int)
         cfg = loop_config(prog, dec)
         # the verify passes once (the first drafter's config); the others only need the step
         cfg = dataclasses.replace(cfg, buckets=(0, *sorted(gammas)) if i == 0 else (0,))
-        c = measure(cfg, draft_head(cfg, params), 1, prompt_len)
+        c = measure(cfg, params, 1, prompt_len)
         out["step_ms"][name] = c["small_ms"]
         if i == 0:
             out["ar_step_ms"] = c["block_ms"][0]

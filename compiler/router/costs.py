@@ -10,7 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from compiler.decode.drafting import small_step
+from compiler.decode.drafting import draft_head, small_step
 from compiler.decode.loops import large_block
 from compiler.decode.rules import ExpectedGainRule
 from compiler.decode.state import LoopConfig
@@ -37,6 +37,7 @@ def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int =
     """{"small_ms": one M_S step, "block_ms": {drafts k: verify pass of k + 1 tokens}} for the
     buckets of cfg (every k in 1..G when it has none; k = 0 is the 1-token pass, an
     autoregressive step), each timed inside a compiled loop."""
+    params = draft_head(cfg, params)  # cut once, as `generate` does, not inside the loop
     s = cfg.cache_len(prompt_len)
     start = jnp.full((batch,), prompt_len, jnp.int32)
     large, small = init_cache(cfg.target, batch, s), init_cache(cfg.draft, batch, s)
