@@ -316,18 +316,20 @@ def decode_stats(results: list, seconds: float) -> dict:
         return sum(np.asarray(getattr(s, field)).sum(0) for s in stats)
 
     tokens = sum(int(np.asarray(res.lengths).sum()) for res in results)
-    rounds = int(total("rounds"))
+    large, small, rounds, round_tokens = (
+        int(total(f)) for f in ("large_calls", "small_calls", "rounds", "round_tokens")
+    )
     drafted = total("drafted_by_pos")
     return {
         "tokens": tokens,
         "tokens_per_s": tokens / seconds,
-        "large_calls": int(total("large_calls")),
-        "small_calls": int(total("small_calls")),
-        "large_calls_per_token": int(total("large_calls")) / max(tokens, 1),
-        "small_calls_per_token": int(total("small_calls")) / max(tokens, 1),
+        "large_calls": large,
+        "small_calls": small,
+        "large_calls_per_token": large / max(tokens, 1),
+        "small_calls_per_token": small / max(tokens, 1),
         "rounds": rounds,
-        "round_tokens": int(total("round_tokens")),
-        "tau": int(total("round_tokens")) / max(rounds, 1),
+        "round_tokens": round_tokens,
+        "tau": round_tokens / max(rounds, 1),
         "drafts_per_round": float(drafted.sum()) / max(rounds, 1),
         "accepted_by_pos": total("accepted_by_pos").tolist(),
         "drafted_by_pos": drafted.tolist(),
