@@ -7,7 +7,7 @@ caches updated with dynamic_update_slice, masked attention over the whole cache.
 `compiler.nn.decoder_block`, which every decode loop runs. Both are jitted with donated caches,
 timed interleaved (median of n calls each) for k = 1 (an autoregressive step) and the verify
 block sizes, and must give the same logits, or the comparison would be void. A machine line
-(bandwidth of the output-layer mat-vec) says how fast this machine is right now.
+(`compiler.decode.bench.bandwidth_probe`) says how fast this machine is right now.
 Only rope + rmsnorm + swiglu models (Llama) have a hand-written twin.
 """
 
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compiler.decode.bench import bandwidth_probe
 from compiler.ir import DecoderIR
 from compiler.nn import decoder_block, init_cache
 
@@ -87,22 +88,6 @@ def twin_problem(cfg: DecoderIR) -> str | None:
     return f"model {cfg.name!r} is not a float32 Llama ({', '.join(bad)})" if bad else None
 
 
-def machine_gbs(params: dict, cfg: DecoderIR, n: int = 20) -> float:
-    """GB/s of the output-layer mat-vec (x @ W), the machine's speed right now."""
-    w = params["embed"]["tokens"] if cfg.tie_embeddings else params["lm_head"]["w"].T
-    f = jax.jit(lambda x, w: x @ w.T)
-    x = jnp.ones((1, cfg.d_model), w.dtype)
-    jax.block_until_ready(f(x, w))
-    best = min(_timed(lambda: f(x, w)) for _ in range(n))
-    return w.nbytes / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - t
-
-
 def compare(params: dict, cfg: DecoderIR, max_len: int, ks=(1, 3, 5, 9), n: int = 30,
             start: int = 100) -> dict:  # fmt: skip
     """{k: {"ours_ms", "hand_ms", "ratio"}} plus the machine line; raises if the logits differ."""
@@ -112,7 +97,7 @@ def compare(params: dict, cfg: DecoderIR, max_len: int, ks=(1, 3, 5, 9), n: int 
     ours, hand = our_step(cfg), hand_written_step(cfg)
     start = min(start, max_len - max(ks) - 1)
     kv_shape = (max_len, cfg.n_kv_heads, cfg.head_dim)
-    out = {"machine_gbs": machine_gbs(params, cfg), "max_len": max_len, "steps": {}}
+    out = {"machine_gbs": bandwidth_probe(), "max_len": max_len, "steps": {}}
     for k in ks:
         tokens = (jnp.arange(k, dtype=jnp.int32) * 7 + 3) % cfg.vocab
         cache = init_cache(cfg, 1, max_len)
@@ -140,8 +125,8 @@ def compare(params: dict, cfg: DecoderIR, max_len: int, ks=(1, 3, 5, 9), n: int 
 
 def table(res: dict, name: str) -> str:
     lines = [
-        f"# model {name}, batch 1, cache {res['max_len']} slots, fp32; machine: output-layer "
-        f"mat-vec {res['machine_gbs']:.1f} GB/s",
+        f"# model {name}, batch 1, cache {res['max_len']} slots, fp32; machine: fp32 mat-vec "
+        f"{res['machine_gbs']:.1f} GB/s",
         "| tokens per call | ours ms | hand-written ms | ours / hand-written | max abs diff |",
         "|---|---|---|---|---|",
     ]
