@@ -129,6 +129,7 @@ def _decode(spec: Spec) -> DecodeIR | None:
         draft=d.draft if isinstance(d.draft, str) else None,
         draft_ngram=d.draft.n if isinstance(d.draft, NgramDraft) else 0,
         draft_vocab=d.draft_vocab,
+        backend=d.backend,
         gamma=d.gamma,
         free_token=d.free_token,
         adaptive=None

@@ -72,6 +72,14 @@ def compile_spec(
     sh = Sharder.for_compile(prog, devices)  # ShardingError (a ValueError) names the devices
     result.plan["sharding"] = summary(prog, sh)
     log("shard", time.perf_counter() - start, sh.describe())
+    if prog.decode is not None:
+        from .decode.backend import describe
+
+        start = time.perf_counter()
+        backends = describe(platforms, prog.decode.backend, sh.n_devices)
+        result.plan["decode_backend"] = backends
+        log("backend", time.perf_counter() - start,
+            "decode mat-muls: " + "; ".join(f"{p}: {b}" for p, b in backends.items()))  # fmt: skip
     out = Path(out_dir) if out_dir else None
     emit_set = set(emit)
     if out is not None and "spec" in emit_set:

@@ -101,8 +101,8 @@ class DecoderIR:
         return self.n_layers * 2 * self.n_kv_heads * self.head_dim * self.dtype_bytes
 
     def cache_shape(self, batch: int, max_len: int) -> tuple[int, int, int, int]:
-        """Shape of one layer's K (or V) buffer: [B, S, n_kv_heads, head_dim]."""
-        return (batch, max_len, self.n_kv_heads, self.head_dim)
+        """Shape of one layer's K (or V) buffer: [B, n_kv_heads, S, head_dim]."""
+        return (batch, self.n_kv_heads, max_len, self.head_dim)
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,7 @@ class DecodeIR:
     draft: str | None = None  # a model name (None for autoregressive)
     draft_ngram: int = 0  # > 0: prompt-lookup drafter with this n, no draft model
     draft_vocab: int = 0  # > 0: the draft model proposes only ids < draft_vocab
+    backend: str = "auto"  # mat-mul backend: auto | xla | kernel (compiler.decode.backend)
     gamma: int = 4
     free_token: bool = True  # standalone: the large model's own next token starts M_S
     adaptive: AdaptiveIR | None = None

@@ -433,29 +433,36 @@ def sharded_generate(cfg, sh: Sharder):
 
 
 def generate_program(prog: ProgramIR, decode, sh: Sharder, *, batch: int | None = None,
-                     compiler_options: dict | None = None, stop_rule=None):  # fmt: skip
+                     compiler_options: dict | None = None, stop_rule=None,
+                     packed: bool = False):  # fmt: skip
     """fn(params, prompt [B, P], prompt_lens [B], key) -> GenerateResult, jitted with the
     params sharded by the rules (the large model's weights over `model`), prompts over
     `data` where the batch divides, and the result replicated. A learned stop rule reads
-    params["router"] (replicated)."""
+    params["router"] (replicated). packed: the params are `compiler.decode.backend.prepare`d
+    for the CPU kernel (one device: they are placed as they come)."""
     from .decode import loop_config
 
+    if packed and sh.n_devices > 1:
+        raise ShardingError(f"packed decode params run on one device, not {sh.n_devices}")
     cfg = loop_config(prog, decode, stop_rule=stop_rule)
     options = tuple(sorted((compiler_options or {}).items()))
-    return _generate_jit(cfg, sh.mesh, sh.rules, batch or prog.batch, options, prog)
+    return _generate_jit(cfg, sh.mesh, sh.rules, batch or prog.batch, options, prog, packed)
 
 
 _GENERATE_CACHE: dict = {}
 
 
-def _generate_jit(cfg, mesh, rules, batch, options, prog):
-    key = (cfg, mesh, rules, batch, options)
+def _generate_jit(cfg, mesh, rules, batch, options, prog, packed):
+    key = (cfg, mesh, rules, batch, options, packed)
     if key not in _GENERATE_CACHE:
         from .programs import abstract_params
 
         sh = Sharder(mesh, rules)
-        params_sh = sh.params(abstract_params(prog))
-        if getattr(cfg.stop_rule, "draft", None):  # a router rule: its weights ride along
+        if packed:  # one device: one sharding for the whole tree, whatever its leaves
+            params_sh = sh.replicated
+        else:
+            params_sh = sh.params(abstract_params(prog))
+        if getattr(cfg.stop_rule, "draft", None) and not packed:  # a router's weights ride along
             params_sh[ROUTER] = sh.replicated
         rows = sh.tokens((batch,))
         _GENERATE_CACHE[key] = jax.jit(

@@ -92,9 +92,10 @@ def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str
 
 
 def run_bench(r) -> dict:
+    from compiler.decode.bench import machine_line
     from compiler.sharding import Sharder, generate_program
 
-    from .run import _sharded_params, encode_prompts, with_eos
+    from .run import decode_params, encode_prompts, with_eos
 
     b, d = r.spec.bench, r.prog.decode
     if d.draft is None:
@@ -107,28 +108,32 @@ def run_bench(r) -> dict:
     table = methods(d, b.gammas, b.drafter, b.prompt_lookup)
     widest = dataclasses.replace(d, gamma=longest)
     tokens, lens = encode_prompts(r, [p for _, p in prompts], widest)  # one width: one compile
-    params = _sharded_params(r)
+    params, backend = {}, None
+    for name, dec in table.items():  # packed once per model when the backend is the kernel
+        params[name], backend = decode_params(r, dec)
+    machine = machine_line()
+    r.log(f"bench: {machine}; decode backend {backend}")
     sh = Sharder.for_run(r.prog)
     key = jax.random.key(d.sampling.seed)
     fns, results = {}, {}
     r.log(f"bench: {len(table)} methods x {len(prompts)} prompts, compiling ...")
     for name, dec in table.items():
         t = time.perf_counter()
-        fns[name] = generate_program(r.prog, dec, sh, batch=1)
-        jax.block_until_ready(fns[name](params, tokens[:1], lens[:1], key))
+        fns[name] = generate_program(r.prog, dec, sh, batch=1, packed=backend.packed)
+        jax.block_until_ready(fns[name](params[name], tokens[:1], lens[:1], key))
         r.log(f"bench: {name}: compiled and warmed up in {time.perf_counter() - t:.1f} s")
     best = {(m, i): float("inf") for m in table for i in range(len(prompts))}
     for rep in range(b.repeats):
         for i in range(len(prompts)):
-            args = (params, jnp.asarray(tokens[i : i + 1]), jnp.asarray(lens[i : i + 1]), key)
+            args = (jnp.asarray(tokens[i : i + 1]), jnp.asarray(lens[i : i + 1]), key)
             for name, fn in fns.items():
                 t = time.perf_counter()
-                results[name, i] = jax.block_until_ready(fn(*args))
+                results[name, i] = jax.block_until_ready(fn(params[name], *args))
                 best[name, i] = min(best[name, i], time.perf_counter() - t)
         r.log(f"bench: timed run {rep + 1}/{b.repeats} done")
     rows = _rows(table, prompts, results, best)
     drafters = [d.draft, *([b.drafter] if b.drafter else [])]
-    costs = measured_costs(r.prog, params, d, b.gammas, drafters, tokens.shape[1])
+    costs = measured_costs(r, d, b.gammas, drafters, tokens.shape[1])
     r.log(
         f"bench: measured M_L step {costs['ar_step_ms']:.1f} ms; M_S step (ms) "
         + ", ".join(f"{k}: {v:.2f}" for k, v in costs["step_ms"].items())
@@ -139,6 +144,8 @@ def run_bench(r) -> dict:
     out = {
         "spec": r.spec.name,
         "device": jax.devices()[0].device_kind,
+        "machine": machine,
+        "backend": str(backend),
         "max_new_tokens": d.max_new_tokens,
         "repeats": b.repeats,
         "prompts": [{"kind": k, "text": p} for k, p in prompts],
@@ -149,7 +156,7 @@ def run_bench(r) -> dict:
     return out
 
 
-def measured_costs(prog, params, d: DecodeIR, gammas, drafters, prompt_len: int) -> dict:
+def measured_costs(r, d: DecodeIR, gammas, drafters, prompt_len: int) -> dict:
     """{"ar_step_ms": M_L over 1 token, "step_ms": {drafter: one M_S step}, "verify_ms":
     {gamma: M_L over gamma + 1 tokens}} (M_L passes with the Tandem memory write), batch 1,
     each timed inside a compiled loop (`compiler.router.costs.measure`), one after the other
@@ -157,10 +164,13 @@ def measured_costs(prog, params, d: DecodeIR, gammas, drafters, prompt_len: int)
     from compiler.decode.programs import loop_config
     from compiler.router.costs import measure
 
+    from .run import decode_params
+
     out = {"ar_step_ms": None, "step_ms": {}, "verify_ms": {}}
     for i, name in enumerate(drafters):
         dec = dataclasses.replace(d, policy="speed", draft=name, gamma=max(gammas), adaptive=None)
-        cfg = loop_config(prog, dec)
+        cfg = loop_config(r.prog, dec)
+        params = decode_params(r, dec)[0]
         # the verify passes once (the first drafter's config); the others only need the step
         cfg = dataclasses.replace(cfg, buckets=(0, *sorted(gammas)) if i == 0 else (0,))
         c = measure(cfg, params, 1, prompt_len)

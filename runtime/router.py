@@ -233,11 +233,14 @@ def rule_table(r, router: dict | None, costs: dict, gammas, conf, max_gamma: int
 
 def bench_rules(r, batch: int = 1, prompt_len: int = 64, repeats: int = 3,
                 gammas=(2, 3, 4, 6, 8), conf=(0.6, 0.8)) -> dict:  # fmt: skip
-    from .run import trained_params
+    from .run import decode_params, trained_params
 
     d, a = _adaptive(r)
     max_gamma = min(a.max_gamma, 16)
-    params = dict(trained_params(r, require=True))
+    trained_params(r, require=True)  # the error that names the missing stages
+    params, backend = decode_params(r, d)
+    params = dict(params)
+    r.log(f"# decode backend {backend}")
     router = load_router(r)
     if router is None:
         r.log("no trained router (run `tandemc run SPEC train-router`): router rules skipped")

@@ -22,6 +22,9 @@ import numpy as np
 
 from compiler import nn
 from compiler.build import build_ir
+from compiler.decode.backend import Backend
+from compiler.decode.backend import choose as choose_backend
+from compiler.decode.backend import prepare as prepare_params
 from compiler.ir import DecodeIR, ProgramIR
 from compiler.router import ROUTER
 from compiler.sharding import Sharder, generate_program, maybe_initialize_distributed
@@ -41,6 +44,7 @@ class Run:
     log: object = print  # log(str): progress and tables go here
     params: dict | None = None
     sharded: tuple | None = None  # (params, the same params on the spec's mesh)
+    packed: tuple | None = None  # (mesh params, {(model, head rows): packed model})
 
 
 def open_run(
@@ -266,6 +270,20 @@ def _sharded_params(r: Run) -> dict:
     return r.sharded[1]
 
 
+def decode_params(r: Run, decode: DecodeIR) -> tuple[dict, Backend]:
+    """The params a decode reads, and its mat-mul backend (`decode.backend`): the trained
+    params on the spec's mesh, the target's and draft's matrices packed (once per run and
+    model) when the backend is the CPU kernel."""
+    params = _sharded_params(r)
+    try:
+        backend = choose_backend(decode.backend, Sharder.for_run(r.prog).n_devices)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if r.packed is None or r.packed[0] is not params:
+        r.packed = (params, {})
+    return prepare_params(params, r.prog, decode, backend, r.packed[1]), backend
+
+
 def _max_gamma(d: DecodeIR) -> int:
     return d.adaptive.max_gamma if d.adaptive else d.gamma
 
@@ -278,7 +296,7 @@ def generate(
     if decode is None:
         raise UserError("the spec has no decode section: add one to generate")
     decode = with_eos(r, decode)
-    params = _sharded_params(r)
+    params, backend = decode_params(r, decode)
     tokens, lens = encode_prompts(r, prompts, decode)
     from .router import spec_stop_rule
 
@@ -286,7 +304,8 @@ def generate(
     if router is not None:
         params = {**params, ROUTER: router}
     sh = Sharder.for_run(r.prog)
-    fn = generate_program(r.prog, decode, sh, batch=len(prompts), stop_rule=rule)
+    fn = generate_program(r.prog, decode, sh, batch=len(prompts), stop_rule=rule,
+                          packed=backend.packed)  # fmt: skip
     key = jax.random.PRNGKey(decode.sampling.seed)
     result = fn(params, jnp.asarray(tokens), jnp.asarray(lens), key)  # compile + warm-up
     jax.block_until_ready(result)
@@ -297,7 +316,8 @@ def generate(
         best = min(best, time.perf_counter() - start)
     out_tokens = token_rows(result)
     texts = [r.tokenizer.decode(t) for t in out_tokens]
-    return Generation(texts, out_tokens, best, decode_stats([result], best))
+    stats = {**decode_stats([result], best), "backend": str(backend)}
+    return Generation(texts, out_tokens, best, stats)
 
 
 def token_rows(result) -> list[list[int]]:

@@ -6,8 +6,10 @@ The hand-written step is the form the SmolLM2 reference measured at ~19 ms/token
 caches updated with dynamic_update_slice, masked attention over the whole cache. Ours is
 `compiler.nn.decoder_block`, which every decode loop runs. Both are jitted with donated caches,
 timed interleaved (median of n calls each) for k = 1 (an autoregressive step) and the verify
-block sizes, and must give the same logits, or the comparison would be void. A machine line
-(`compiler.decode.bench.bandwidth_probe`) says how fast this machine is right now.
+block sizes, and must give the same logits, or the comparison would be void. Our step runs
+once per decode backend (`--backends xla,kernel`: XLA's dots, and the packed CPU kernel on
+weights packed once), so both are measured side by side in one run. A machine line
+(`compiler.decode.bench.machine_line`) names the CPU's features and how fast memory streams.
 Only rope + rmsnorm + swiglu models (Llama) have a hand-written twin.
 """
 
@@ -20,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compiler.decode.bench import bandwidth_probe
+from compiler.decode.backend import choose, pack_decoder
+from compiler.decode.bench import machine_line
 from compiler.ir import DecoderIR
 from compiler.nn import decoder_block, init_cache
 
@@ -89,50 +92,70 @@ def twin_problem(cfg: DecoderIR) -> str | None:
 
 
 def compare(params: dict, cfg: DecoderIR, max_len: int, ks=(1, 3, 5, 9), n: int = 30,
-            start: int = 100) -> dict:  # fmt: skip
-    """{k: {"ours_ms", "hand_ms", "ratio"}} plus the machine line; raises if the logits differ."""
+            start: int = 100, backends=("xla", "kernel")) -> dict:  # fmt: skip
+    """{"steps": {k: {"hand_ms", "<backend>_ms", "max_abs_diff": {backend: ...}}}} plus the
+    machine line; our step runs once per backend (the kernel's on packed params). Raises if
+    any backend's logits differ from the hand-written step's."""
     problem = twin_problem(cfg)
     if problem:
         raise ValueError(f"{problem}: no hand-written step to compare with")
     ours, hand = our_step(cfg), hand_written_step(cfg)
+    weights = {b: pack_decoder(params, cfg) if b == "kernel" else params for b in backends}
     start = min(start, max_len - max(ks) - 1)
     kv_shape = (max_len, cfg.n_kv_heads, cfg.head_dim)
-    out = {"machine_gbs": bandwidth_probe(), "max_len": max_len, "steps": {}}
+    out = {"machine": machine_line(), "max_len": max_len, "backends": list(backends), "steps": {}}
     for k in ks:
         tokens = (jnp.arange(k, dtype=jnp.int32) * 7 + 3) % cfg.vocab
-        cache = init_cache(cfg, 1, max_len)
+        pos = jnp.asarray([start], jnp.int32)
+        caches = {b: init_cache(cfg, 1, max_len) for b in backends}
         kcs = [jnp.zeros(kv_shape) for _ in range(cfg.n_layers)]
         vcs = [jnp.zeros(kv_shape) for _ in range(cfg.n_layers)]
-        pos = jnp.asarray([start], jnp.int32)
-        lo, cache = ours(params, cache, tokens[None], pos)
         lh, kcs, vcs = hand(params, kcs, vcs, tokens, jnp.int32(start))
-        err = float(jnp.max(jnp.abs(lo[0] - lh)))
         scale = float(jnp.max(jnp.abs(lh)))
-        if not err <= 1e-4 * max(scale, 1.0):
-            raise AssertionError(f"k={k}: logits differ by {err} (max |logit| {scale})")
-        t_ours, t_hand = [], []
-        for _ in range(n):  # interleaved: drift hits both alike; caches threaded (donated)
-            t = time.perf_counter()
-            lo, cache = jax.block_until_ready(ours(params, cache, tokens[None], pos))
-            t_ours.append(time.perf_counter() - t)
+        row = {"max_abs_diff": {}}
+        for b in backends:
+            lo, caches[b] = ours(weights[b], caches[b], tokens[None], pos)
+            err = float(jnp.max(jnp.abs(lo[0] - lh)))
+            if not err <= 1e-4 * max(scale, 1.0):
+                raise AssertionError(f"{b}, k={k}: logits differ by {err} (max |logit| {scale})")
+            row["max_abs_diff"][b] = err
+        times = {b: [] for b in ("hand", *backends)}
+        for _ in range(n):  # interleaved: drift hits every variant alike; caches threaded
             t = time.perf_counter()
             lh, kcs, vcs = jax.block_until_ready(hand(params, kcs, vcs, tokens, jnp.int32(start)))
-            t_hand.append(time.perf_counter() - t)
-        o, h = 1e3 * float(np.median(t_ours)), 1e3 * float(np.median(t_hand))
-        out["steps"][k] = {"ours_ms": o, "hand_ms": h, "ratio": o / h, "max_abs_diff": err}
+            times["hand"].append(time.perf_counter() - t)
+            for b in backends:
+                t = time.perf_counter()
+                lo, caches[b] = ours(weights[b], caches[b], tokens[None], pos)
+                jax.block_until_ready(lo)
+                times[b].append(time.perf_counter() - t)
+        row.update({f"{v}_ms": 1e3 * float(np.median(ts)) for v, ts in times.items()})
+        out["steps"][k] = row
     return out
 
 
 def table(res: dict, name: str) -> str:
+    """One row per tokens-per-call: each variant's ms, our XLA step over the hand-written one,
+    each backend's cost relative to its own 1-token step, and the kernel's speedup over XLA."""
+    bs = res["backends"]
+    one = res["steps"].get(1)
+    head = ["tokens per call", "hand-written ms", *[f"{b} ms" for b in bs]]
+    head += ["xla / hand-written"] if "xla" in bs else []
+    head += [f"{b} / its 1-token step" for b in bs] if one else []
+    head += ["kernel speedup over xla"] if {"xla", "kernel"} <= set(bs) else []
+    head += ["max abs diff"]
     lines = [
-        f"# model {name}, batch 1, cache {res['max_len']} slots, fp32; machine: fp32 mat-vec "
-        f"{res['machine_gbs']:.1f} GB/s",
-        "| tokens per call | ours ms | hand-written ms | ours / hand-written | max abs diff |",
-        "|---|---|---|---|---|",
+        f"# model {name}, batch 1, cache {res['max_len']} slots, fp32; machine: {res['machine']}",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     for k, s in res["steps"].items():
-        lines.append(f"| {k} | {s['ours_ms']:.1f} | {s['hand_ms']:.1f} | {s['ratio']:.2f} "
-                     f"| {s['max_abs_diff']:.1e} |")  # fmt: skip
+        cells = [str(k), f"{s['hand_ms']:.1f}", *[f"{s[f'{b}_ms']:.1f}" for b in bs]]
+        cells += [f"{s['xla_ms'] / s['hand_ms']:.2f}"] if "xla" in bs else []
+        cells += [f"{s[f'{b}_ms'] / one[f'{b}_ms']:.2f}x" for b in bs] if one else []
+        cells += [f"{s['xla_ms'] / s['kernel_ms']:.2f}x"] if {"xla", "kernel"} <= set(bs) else []
+        cells += [", ".join(f"{b} {e:.1e}" for b, e in s["max_abs_diff"].items())]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -142,14 +165,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", help="model name (default: decode.target)")
     ap.add_argument("--ks", default="1,3,5,9", help="tokens per call, comma-separated")
     ap.add_argument("-n", type=int, default=30, help="timed calls per step and k")
+    ap.add_argument("--backends", default="xla,kernel", help="decode backends, comma-separated")
     a = ap.parse_args(argv)
+    backends = tuple(a.backends.split(","))
+    for b in backends:
+        choose(b)  # ValueError (the reason) when the kernel cannot run here
     from .run import initial_params, open_run
 
     r = open_run(a.spec)
     name = a.model or (r.prog.decode.target if r.prog.decode else r.prog.models[0].name)
     params = initial_params(r)[name]
     res = compare(params, r.prog.model(name), r.prog.max_len,
-                  tuple(int(k) for k in a.ks.split(",")), a.n)  # fmt: skip
+                  tuple(int(k) for k in a.ks.split(",")), a.n, backends=backends)  # fmt: skip
     print(table(res, name))
     return res
 

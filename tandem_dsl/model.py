@@ -220,6 +220,13 @@ class Decode:
         "output layer shrinks to these rows; verification stays lossless (speed, adaptive).",
         minimum=0,
     )
+    backend: str = opt(
+        "auto",
+        doc="Mat-mul backend of decoding: `kernel` (a packed CPU kernel, built from source on "
+        "first use: verifying k tokens costs about one step), `xla` (XLA's dots), or `auto` "
+        "(the kernel on a single CPU device when it builds, else xla).",
+        enum=["auto", "xla", "kernel"],
+    )
     free_token: bool = opt(True, doc="Standalone: start M_S from the large model's next token.")
     adaptive: Adaptive | None = opt(None, doc="Adaptive block length settings.")
     sampling: Sampling = opt(factory=Sampling, doc="Sampling settings.")

@@ -119,6 +119,32 @@ def bandwidth_probe() -> float:
     return w.nbytes / sec / 1e9
 
 
+def cpu_features() -> str:
+    """This CPU's model and the SIMD features the kernels and XLA care about (Linux x86;
+    elsewhere the architecture name): machines of one kind differ from day to day."""
+    import os
+    import platform
+
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.machine()
+    fields: dict[str, str] = {}
+    for line in info.splitlines():  # the first processor's entries
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    model = fields.get("model name", platform.machine())
+    return f"{model}, {os.cpu_count()} cores, {' '.join(simd) or 'no avx2'}"
+
+
+def machine_line() -> str:
+    """What every bench header prints: the CPU and how fast memory streams right now."""
+    return f"{cpu_features()}; fp32 mat-vec {bandwidth_probe():.1f} GB/s"
+
+
 def run(batch: int, new: int, prompt_len: int, gamma: int, max_gamma: int, threshold: float,
         agrees: list[float], repeats: int) -> None:  # fmt: skip
     prog = bench_program(max_len=prompt_len + new + max_gamma + 8)
@@ -131,7 +157,7 @@ def run(batch: int, new: int, prompt_len: int, gamma: int, max_gamma: int, thres
     print(f"# batch {batch}, prompt {prompt_len}, new tokens {new}, gamma {gamma}, "
           f"adaptive max_gamma {max_gamma} threshold {threshold}, fp32, "
           f"{jax.devices()[0].platform}, median of {repeats} after warm-up")  # fmt: skip
-    print(f"# machine check: fp32 mat-vec {bandwidth_probe():.1f} GB/s (idle: ~50)")
+    print(f"# machine: {machine_line()}")
     for agree in agrees:
         params = base if agree < 0 else synthetic_params(base, agree)
         label = "random weights" if agree < 0 else f"synthetic bigram, agreement {agree:.2f}"

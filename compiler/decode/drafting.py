@@ -43,15 +43,24 @@ def _draw(cfg: LoopConfig, key, logits: jax.Array):
 
 
 def draft_head(cfg: LoopConfig, params: dict) -> dict:
-    """params with M_S's output layer cut to its first `draft_vocab` rows, as an untied
-    lm_head [D, N]. Cutting a cut head is a no-op, so `generate` cuts once, outside its
-    loops, and every M_S step inside reads the small head instead of slicing per step."""
+    """params with M_S's output layer cut to its first `draft_vocab` rows (`cut_head`). Cutting
+    a cut head is a no-op, so `generate` cuts once, outside its loops, and every M_S step
+    inside reads the small head instead of slicing per step."""
     n = cfg.draft_vocab
     if not n:
         return params
-    p = params[cfg.draft.name]
-    w = p["lm_head"]["w"][:, :n] if "lm_head" in p else p["embed"]["tokens"][:n].T
-    return {**params, cfg.draft.name: {**p, "lm_head": {"w": w}}}
+    return {**params, cfg.draft.name: cut_head(params[cfg.draft.name], n)}
+
+
+def cut_head(p: dict, n: int) -> dict:
+    """A decoder's params with its output layer as an untied lm_head [D, n] (the first n
+    rows); a head already n wide (a cut one, or one packed by `compiler.decode.backend`) is
+    kept as it is."""
+    w = p["lm_head"]["w"] if "lm_head" in p else None
+    if w is not None and w.shape[-1] == n:
+        return p
+    w = w[:, :n] if w is not None else p["embed"]["tokens"][:n].T
+    return {**p, "lm_head": {"w": w}}
 
 
 def small_step(cfg: LoopConfig, params: dict, cache, tokens, start):

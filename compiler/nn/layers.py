@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from compiler.ir import DecoderIR
+from compiler.nn.packed import PackedWeight, dense
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -113,13 +114,12 @@ def init_mlp(cfg: DecoderIR, out_scale: float) -> dict:
 
 def mlp(params: dict, cfg: DecoderIR, x: jax.Array) -> jax.Array:
     """x [B, T, D] -> [B, T, D]. gelu uses the tanh approximation (GPT-2)."""
-    up = jnp.einsum("btd,df->btf", x, params["w_up"])
+    up = dense(x, params["w_up"])
     if cfg.mlp == "swiglu":
-        gate = jnp.einsum("btd,df->btf", x, params["w_gate"])
-        act = jax.nn.silu(gate) * up
+        act = jax.nn.silu(dense(x, params["w_gate"])) * up
     else:
         act = jax.nn.gelu(up, approximate=True)
-    return jnp.einsum("btf,fd->btd", act, params["w_down"])
+    return dense(act, params["w_down"])
 
 
 # ----------------------------------------------------------------------------- RoPE
@@ -171,8 +171,10 @@ def init_head(cfg: DecoderIR) -> dict:
 
 def unembed(params: dict, cfg: DecoderIR, x: jax.Array) -> jax.Array:
     """Final-normed x [B, T, D] -> logits [B, T, V] float32."""
-    if cfg.tie_embeddings:
-        w = params["embed"]["tokens"]  # [V, D]
-        return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)
-    w = params["lm_head"]["w"]  # [D, V]
-    return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+    if "lm_head" in params:  # untied, or a tied model's head packed for decoding
+        w = params["lm_head"]["w"]  # [D, V]
+        if isinstance(w, PackedWeight):
+            return dense(x, w)
+        return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
+    w = params["embed"]["tokens"]  # [V, D]
+    return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)

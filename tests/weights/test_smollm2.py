@@ -87,11 +87,17 @@ def test_logits_match_transformers(smol):
         assert agree == ids.shape[1]
 
 
-def test_greedy_decode_matches_transformers(smol):
-    """KV-cached greedy decoding (decoder_block, cache 512) gives transformers' tokens."""
+@pytest.mark.parametrize("backend", ["xla", "kernel"])
+def test_greedy_decode_matches_transformers(smol, backend):
+    """KV-cached greedy decoding (decoder_block, cache 512) gives transformers' tokens, with
+    XLA's dots and with the packed CPU kernel (weights packed once, as `tandemc run` does)."""
     import torch
 
+    from compiler.decode.backend import choose, pack_decoder
+
     cfg, params, tok, hf, _ = smol
+    if choose(backend).packed:
+        params = pack_decoder(params, cfg)
     step = jax.jit(nn.decoder_block, static_argnums=1, donate_argnums=2)
     for name, text in prompts(tok).items():
         ids = tok.encode(text)
@@ -111,7 +117,7 @@ def test_greedy_decode_matches_transformers(smol):
         ref = ref[0, len(ids) :].tolist()
         ms = 1000 * float(np.median(times[2:]))
         print(
-            f"{name}: greedy {NEW} tokens identical={out[: len(ref)] == ref}, "
+            f"{name} ({backend}): greedy {NEW} tokens identical={out[: len(ref)] == ref}, "
             f"our decode {ms:.1f} ms/token ({1000 / ms:.0f} tokens/s): {tok.decode(out)!r}"
         )
         assert out[: len(ref)] == ref

@@ -1,0 +1,111 @@
+"""Weights packed for the CPU decode kernel, and the one mat-mul that takes either form.
+
+`PackedWeight` holds W [in, out] (a logical shape such as wq [D, H, E] flattened at
+`n_in_dims`) as panels [ceil(out/16), in, 16]: panels[p, i, c] = W[i, 16 p + c], zero past
+`out` (the layout of `compiler/kernels/packed_matmul.cc`). Decoding params are packed once,
+outside the jitted programs (`compiler.decode.backend.prepare`); training never sees them.
+
+`dense(x, w)` is x [..., in] @ w. With a packed w and at most `KERNEL_ROWS` rows it lowers
+per platform: the kernel's custom call on CPU, a plain dot over the panels elsewhere (so a
+program with packed weights still runs, and exports, for TPU/GPU). More rows (a prefill)
+take the plain dot, where XLA's GEMM is the better choice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PANEL = 16
+KERNEL_ROWS = 16  # most rows per kernel call; larger products are GEMMs, XLA's strength
+
+
+@jax.tree_util.register_pytree_node_class
+class PackedWeight:
+    """W of logical `shape`, the first `n_in_dims` dims the input, packed into panels."""
+
+    def __init__(self, panels, shape: tuple[int, ...], n_in_dims: int = 1):
+        self.panels = panels
+        self.shape = tuple(shape)
+        self.n_in_dims = n_in_dims
+
+    @property
+    def d_in(self) -> int:
+        return math.prod(self.shape[: self.n_in_dims])
+
+    @property
+    def d_out(self) -> int:
+        return math.prod(self.shape[self.n_in_dims :])
+
+    @property
+    def dtype(self):
+        return self.panels.dtype
+
+    def tree_flatten(self):
+        return (self.panels,), (self.shape, self.n_in_dims)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+    def __repr__(self) -> str:
+        return f"PackedWeight(shape={self.shape}, n_in_dims={self.n_in_dims})"
+
+
+@jax.jit
+def _panels(w2: jax.Array) -> jax.Array:
+    d_in, d_out = w2.shape
+    n = -(-d_out // PANEL)
+    w2 = jnp.pad(w2, ((0, 0), (0, n * PANEL - d_out)))
+    return w2.reshape(d_in, n, PANEL).transpose(1, 0, 2)  # a copy in the kernel's layout
+
+
+def pack(w: jax.Array, n_in_dims: int = 1) -> PackedWeight:
+    """Pack a float32 weight once (the first `n_in_dims` dims are the input)."""
+    if w.dtype != jnp.float32:
+        raise ValueError(f"the CPU kernel packs float32 weights, not {w.dtype}")
+    d_in = math.prod(w.shape[:n_in_dims])
+    return PackedWeight(_panels(w.reshape(d_in, -1)), w.shape, n_in_dims)
+
+
+def unpack(w: PackedWeight) -> jax.Array:
+    """The weight back in its logical shape (tests)."""
+    panels = np.asarray(w.panels)
+    flat = panels.transpose(1, 0, 2).reshape(w.d_in, -1)[:, : w.d_out]
+    return jnp.asarray(flat.reshape(w.shape))
+
+
+def dense(x: jax.Array, w) -> jax.Array:
+    """x [..., in] @ w -> [..., out] for an array w [in, out] or a PackedWeight (float32)."""
+    if not isinstance(w, PackedWeight):
+        return x @ w
+    lead = x.shape[:-1]
+    rows = math.prod(lead)
+    x2 = x.reshape(rows, w.d_in).astype(jnp.float32)
+    if rows > KERNEL_ROWS or rows == 0:
+        y = _dot_panels(x2, w.panels, w.d_out)
+    else:
+        y = jax.lax.platform_dependent(
+            x2,
+            w.panels,
+            cpu=lambda a, p: _kernel_call(a, p, w.d_out),
+            default=lambda a, p: _dot_panels(a, p, w.d_out),
+        )
+    return y.reshape(*lead, w.d_out)
+
+
+def _dot_panels(x2: jax.Array, panels: jax.Array, d_out: int) -> jax.Array:
+    y = jnp.einsum("ri,pic->rpc", x2, panels, preferred_element_type=jnp.float32)
+    return y.reshape(x2.shape[0], -1)[:, :d_out]
+
+
+def _kernel_call(x2: jax.Array, panels: jax.Array, d_out: int) -> jax.Array:
+    from compiler import kernels
+
+    if kernels.load() is None:  # registers the target on first use
+        raise RuntimeError("packed weights need the CPU kernel, which is not available here")
+    out = jax.ShapeDtypeStruct((x2.shape[0], d_out), jnp.float32)
+    return jax.ffi.ffi_call(kernels.TARGET, out, vmap_method="sequential")(x2, panels)
