@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 
 from compiler.decode.drafting import cut_head
 from compiler.ir import DecodeIR, DecoderIR, ProgramIR
@@ -81,16 +82,24 @@ def describe(platforms, requested: str, n_devices: int = 1) -> dict[str, str]:
 
 
 def pack_decoder(p: dict, cfg: DecoderIR, head_rows: int = 0) -> dict:
-    """A float32 decoder's params with q/k/v/o, the MLP and the output layer packed (the head
-    cut to its first `head_rows` rows when > 0; a tied head is packed from the embeddings,
-    which stay for the token lookup). Other dtypes come back unchanged."""
+    """A float32 decoder's params with q|k|v (one fused weight), o, the MLP (gate|up fused) and
+    the output layer packed (the head cut to its first `head_rows` rows when > 0; a tied head
+    is packed from the embeddings, which stay for the token lookup). Other dtypes come back
+    unchanged."""
     if cfg.dtype != "float32":
         return p
     out = dict(cut_head(p, head_rows) if head_rows else p)
     for layer in range(cfg.n_layers):
         lp = p[f"layers_{layer}"]
-        attn = {k: pack(w, 2 if k == "wo" else 1) for k, w in lp["attn"].items()}
-        mlp = {k: pack(w) for k, w in lp["mlp"].items()}
+        a, m = lp["attn"], lp["mlp"]
+        qkv = jnp.concatenate([a[w].reshape(cfg.d_model, -1) for w in ("wq", "wk", "wv")], 1)
+        # wk, wv stay as they are for the Tandem memory write (projected M_L states)
+        attn = {"wqkv": pack(qkv), "wk": a["wk"], "wv": a["wv"], "wo": pack(a["wo"], 2)}
+        if "w_gate" in m:
+            mlp = {"w_gate_up": pack(jnp.concatenate([m["w_gate"], m["w_up"]], 1))}
+        else:
+            mlp = {"w_up": pack(m["w_up"])}
+        mlp["w_down"] = pack(m["w_down"])
         out[f"layers_{layer}"] = {**lp, "attn": attn, "mlp": mlp}
     head = out["lm_head"]["w"] if "lm_head" in out else out["embed"]["tokens"].T
     out["lm_head"] = {"w": pack(head)}

@@ -52,6 +52,22 @@ def keys_values(
     return k, v
 
 
+def queries_keys_values(params: dict, cfg: DecoderIR, h: jax.Array, positions: jax.Array):
+    """q [B, T, H, E], k, v [B, T, K, E] from normed h [B, T, D]. Params packed for decoding
+    carry q|k|v as one weight "wqkv" (one kernel call instead of three)."""
+    if "wqkv" not in params:
+        return queries(params, cfg, h, positions), *keys_values(params, cfg, h, positions)
+    b, t, _ = h.shape
+    nq, nk = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    y = dense(h, params["wqkv"])  # [B, T, nq + 2 nk]
+    q = y[..., :nq].reshape(b, t, cfg.n_heads, cfg.head_dim)
+    k = y[..., nq : nq + nk].reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+    v = y[..., nq + nk :].reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+    if cfg.pos == "rope":
+        q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    return q, k, v
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Masked softmax attention with grouped kv heads.
 

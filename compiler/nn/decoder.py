@@ -32,8 +32,7 @@ from compiler.nn.attention import (
     causal_mask,
     heads_first,
     init_attn,
-    keys_values,
-    queries,
+    queries_keys_values,
     write_rows,
 )
 from compiler.nn.layers import (
@@ -120,8 +119,7 @@ def run_layers(
     for layer in range(cfg.n_layers):
         p = params[f"layers_{layer}"]
         h = norm(p["attn_norm"], cfg, x)
-        q = queries(p["attn"], cfg, h, positions)  # [B, T, H, E]
-        k, v = keys_values(p["attn"], cfg, h, positions)  # [B, T, K, E]
+        q, k, v = queries_keys_values(p["attn"], cfg, h, positions)  # [B, T, H|K, E]
         keys, values, mask = context(layer, p, k, v)
         x = x + attn_out(p["attn"], attend(q, keys, values, mask))
         x = x + mlp(p["mlp"], cfg, norm(p["mlp_norm"], cfg, x))

@@ -113,12 +113,15 @@ def init_mlp(cfg: DecoderIR, out_scale: float) -> dict:
 
 
 def mlp(params: dict, cfg: DecoderIR, x: jax.Array) -> jax.Array:
-    """x [B, T, D] -> [B, T, D]. gelu uses the tanh approximation (GPT-2)."""
-    up = dense(x, params["w_up"])
-    if cfg.mlp == "swiglu":
-        act = jax.nn.silu(dense(x, params["w_gate"])) * up
+    """x [B, T, D] -> [B, T, D]. gelu uses the tanh approximation (GPT-2). Params packed for
+    decoding carry gate|up as one weight "w_gate_up" (one kernel call instead of two)."""
+    if "w_gate_up" in params:
+        gate, up = jnp.split(dense(x, params["w_gate_up"]), 2, axis=-1)
+        act = jax.nn.silu(gate) * up
+    elif cfg.mlp == "swiglu":
+        act = jax.nn.silu(dense(x, params["w_gate"])) * dense(x, params["w_up"])
     else:
-        act = jax.nn.gelu(up, approximate=True)
+        act = jax.nn.gelu(dense(x, params["w_up"]), approximate=True)
     return dense(act, params["w_down"])
 
 

@@ -121,6 +121,7 @@ def test_packed_decoder_matches_xla_and_is_row_independent(tied):
     packed = pack_decoder(params, cfg)
     assert isinstance(packed["lm_head"]["w"], PackedWeight)
     assert isinstance(packed["layers_1"]["mlp"]["w_down"], PackedWeight)
+    assert packed["layers_1"]["attn"]["wqkv"].shape == (48, 4 * 12 + 2 * 2 * 12)  # q|k|v fused
     step = jax.jit(decoder_block, static_argnums=1)
     toks = jnp.asarray([[5, 9, 2, 61, 7]], jnp.int32)
     start = jnp.asarray([3], jnp.int32)
