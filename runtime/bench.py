@@ -232,7 +232,8 @@ def markdown(out: dict) -> str:
     head = ["method", "tokens/s", "speedup", *[f"speedup {k}" for k in kinds]]
     head += ["vs standard SPEED", "tau", "M_L calls/token", "M_S calls/token"]
     head += ["ceiling (all accepted)", "greedy == M_L"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"machine: {out['machine']}; decode backend: {out['backend']}", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in out["rows"].items():
         cells = [name, f"{row['tokens_per_s']:.1f}", f"{row['speedup']:.2f}x"]
         cells += [f"{row[f'speedup_{k}']:.2f}x" for k in kinds]

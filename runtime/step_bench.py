@@ -16,6 +16,7 @@ Only rope + rmsnorm + swiglu models (Llama) have a hand-written twin.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -167,9 +168,13 @@ def main(argv=None) -> dict:
     ap.add_argument("-n", type=int, default=30, help="timed calls per step and k")
     ap.add_argument("--backends", default="xla,kernel", help="decode backends, comma-separated")
     a = ap.parse_args(argv)
-    backends = tuple(a.backends.split(","))
-    for b in backends:
-        choose(b)  # ValueError (the reason) when the kernel cannot run here
+    backends = []
+    for b in a.backends.split(","):
+        try:
+            choose(b)
+            backends.append(b)
+        except ValueError as e:  # the kernel cannot run here: measure the rest, say why
+            print(f"skipping backend {b}: {e}", file=sys.stderr)
     from .run import initial_params, open_run
 
     r = open_run(a.spec)

@@ -6,16 +6,19 @@ ones that do not (the plain dot over the same packed weights)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import pytest
 from decode_fixtures import copy_large_into_small, decode_ir, generator, params_for, program, rows
 from decode_fixtures import prompts as make_prompts
 
-from compiler import kernels
 from compiler.decode.backend import choose, prepare
 
-pytestmark = pytest.mark.skipif(kernels.load() is None, reason="no C++ compiler: kernel off")
+# g++ is on every machine of ours: a kernel that does not build fails here, unless turned off
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TANDEM_KERNEL") == "off", reason="TANDEM_KERNEL=off"
+)
 KEY = jax.random.key(0)
 
 

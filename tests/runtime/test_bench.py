@@ -5,6 +5,7 @@ code prompts fit the budget, and chat prompts use the tokenizer's chat template.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -64,7 +65,10 @@ def test_bench_rows_are_lossless_and_saved(r):
     saved = json.loads((r.run_dir / "bench.json").read_text())
     assert saved["rows"].keys() == rows.keys()
     assert (r.run_dir / "bench.png").stat().st_size > 0
-    table = (r.run_dir / "bench.md").read_text().splitlines()
+    backend = "xla" if os.environ.get("TANDEM_KERNEL") == "off" else "kernel"  # auto, one CPU
+    assert out["backend"].startswith(backend) and "GB/s" in out["machine"]
+    header, _, *table = (r.run_dir / "bench.md").read_text().splitlines()
+    assert header.startswith("machine: ") and f"decode backend: {backend}" in header
     assert len(table) == 2 + len(rows) and table[0].startswith("| method | tokens/s")
 
 
