@@ -72,7 +72,7 @@ def print_generation(r, prompts, g) -> None:
     console.print(
         f"{s['tokens']} tokens in {g.seconds * 1000:.0f} ms ({s['tokens_per_s']:,.0f} tok/s), "
         f"tau {s['tau']:.2f}, large calls/token {s['large_calls_per_token']:.2f}, "
-        f"small calls/token {s['small_calls_per_token']:.2f}"
+        f"small calls/token {s['small_calls_per_token']:.2f}; mat-muls: {s['backend']}"
     )
 
 
@@ -112,7 +112,8 @@ def print_comparison(r, prompts, c: dict) -> None:
         )
     console.print(table)
     console.print(
-        f"identical output: {'yes' if c['identical'] else 'NO'}  (tau counts the bonus token)"
+        f"identical output: {'yes' if c['identical'] else 'NO'}  (tau counts the bonus token); "
+        f"mat-muls: {c['ours']['backend']}"
     )
     console.print("[dim]sample:[/dim]", markup=True)
     console.print(prompts[0] + c["text"][0], markup=False)

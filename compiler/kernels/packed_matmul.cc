@@ -2,9 +2,10 @@
 // panels of 16 output columns: packed[p][i][c] = W[i, 16 p + c] (zero past `out`).
 //
 // Why: XLA:CPU's general GEMM re-packs W on every call, which costs more than the product
-// itself when x has 1-16 rows (decoding). Here each panel streams through once while the
-// accumulators of a tile of rows stay in registers, so every weight is read once per call
-// whatever the row count, and the pass runs at memory bandwidth.
+// itself when x has a handful of rows (decoding). Here each panel streams through once while
+// the accumulators of a tile of rows stay in registers, so every weight is read from memory
+// once per call whatever the row count (tiles after the first re-read it from cache), and
+// the pass runs at memory bandwidth.
 //
 // Exactness: every output element is one fused multiply-add chain over i = 0..in-1 from 0,
 // in the same order on every code path (AVX-512, AVX2+FMA, scalar std::fma) and for every

@@ -1,7 +1,7 @@
 """Decoding on the packed CPU kernel (`decode.backend: kernel`): greedy SPEED equals greedy
 autoregressive decoding, which equals the XLA backend's, for Tandem and independent drafters,
-with a cut draft vocabulary, in batches whose verify blocks fit the kernel (<= 16 rows) and
-ones that do not (the plain dot over the same packed weights)."""
+with a cut draft vocabulary, for one row and for ragged batches (prefill and verify blocks of
+many rows run on the kernel too)."""
 
 from __future__ import annotations
 
