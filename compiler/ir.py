@@ -101,8 +101,8 @@ class DecoderIR:
         return self.n_layers * 2 * self.n_kv_heads * self.head_dim * self.dtype_bytes
 
     def cache_shape(self, batch: int, max_len: int) -> tuple[int, int, int, int]:
-        """Shape of one layer's K (or V) buffer: [B, n_kv_heads, S, head_dim]."""
-        return (batch, self.n_kv_heads, max_len, self.head_dim)
+        """Shape of one layer's K (or V) buffer: [B, S, n_kv_heads, head_dim]."""
+        return (batch, max_len, self.n_kv_heads, self.head_dim)
 
 
 @dataclass(frozen=True)

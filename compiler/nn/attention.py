@@ -2,7 +2,6 @@
 
 Params of one layer's attention:
   wq [D, H, E], wk [D, K, E], wv [D, K, E], wo [H, E, D]   (no biases)
-KV caches and the keys/values `attend` reads are kv-head-major: [B, K, S, E].
 Letters: B batch, T query tokens, S key slots, D d_model, H query heads, K kv heads,
 G = H // K query heads per kv head, E head_dim.
 
@@ -71,25 +70,18 @@ def queries_keys_values(params: dict, cfg: DecoderIR, h: jax.Array, positions: j
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Masked softmax attention with grouped kv heads.
 
-    q [B, T, H, E], k/v [B, K, S, E] (kv-head-major: the KV-cache layout, so both dots read
-    the cache as it lies instead of transposing all of it every step), mask [B, T, S] bool
-    (True = may attend) -> [B, T, H, E]. Scores and softmax in float32.
+    q [B, T, H, E], k/v [B, S, K, E], mask [B, T, S] bool (True = may attend) -> [B, T, H, E].
+    Scores and softmax in float32.
     """
     b, t, h, e = q.shape
-    n_kv, s = k.shape[1], k.shape[2]
-    g = h // n_kv
-    qg = q.reshape(b, t, n_kv, g, e).transpose(0, 2, 3, 1, 4).reshape(b, n_kv, g * t, e)
-    scores = jnp.einsum("bkqe,bkse->bkqs", qg, k, preferred_element_type=jnp.float32)
-    scores = (scores * (e**-0.5)).reshape(b, n_kv, g, t, s)
+    n_kv = k.shape[2]
+    qg = q.reshape(b, t, n_kv, h // n_kv, e)  # [B, T, K, G, E]
+    scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (e**-0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)  # [B, K, G, T, S]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, n_kv, g * t, s)
-    out = jnp.einsum("bkqs,bkse->bkqe", probs, v).reshape(b, n_kv, g, t, e)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
-
-
-def heads_first(x: jax.Array) -> jax.Array:
-    """k or v [B, T, K, E] as computed -> [B, K, T, E], the layout `attend` reads."""
-    return x.transpose(0, 2, 1, 3)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v)  # [B, T, K, G, E]
+    return out.reshape(b, t, h, e)
 
 
 def attn_out(params: dict, o: jax.Array) -> jax.Array:
@@ -148,17 +140,16 @@ def tandem_mask(frontier: jax.Array) -> jax.Array:
 
 
 def write_rows(buf: jax.Array, new: jax.Array, start: jax.Array, keep=None) -> jax.Array:
-    """Per-row cache write: buf[b, :, start[b] + i] = new[b, i].
+    """Per-row cache write: buf[b, start[b] + i] = new[b, i].
 
-    buf [B, K, S, E], new [B, T, K, E], start [B] int. `keep` [B, T] bool (optional): only
+    buf [B, S, K, E], new [B, T, K, E], start [B] int. `keep` [B, T] bool (optional): only
     entries with keep[b, i] are written, the others keep their old value. Writes at slots
     >= S are dropped (never clamped onto earlier slots).
     """
     b, t = new.shape[:2]
-    s_max = buf.shape[2]
+    s_max = buf.shape[1]
     slots = start[:, None].astype(jnp.int32) + jnp.arange(t, dtype=jnp.int32)  # [B, T]
     if keep is not None:
         slots = jnp.where(keep, slots, s_max)  # out of range -> dropped
     rows = jnp.arange(b, dtype=jnp.int32)[:, None]  # [B, 1]
-    # buf[rows, :, slots] indexes as [B, T, K, E]: the advanced dims come first
-    return buf.at[rows, :, slots].set(new.astype(buf.dtype), mode="drop")
+    return buf.at[rows, slots].set(new.astype(buf.dtype), mode="drop")

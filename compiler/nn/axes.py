@@ -31,8 +31,8 @@ _AXES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     ("w_out",): ("mlp", "embed"),
     ("b_out",): ("embed",),
     # caches
-    ("k",): ("batch", "kv_heads", "length", "head_dim"),
-    ("v",): ("batch", "kv_heads", "length", "head_dim"),
+    ("k",): ("batch", "length", "kv_heads", "head_dim"),
+    ("v",): ("batch", "length", "kv_heads", "head_dim"),
 }
 
 

@@ -30,7 +30,6 @@ from compiler.nn.attention import (
     attn_out,
     cache_mask,
     causal_mask,
-    heads_first,
     init_attn,
     queries_keys_values,
     write_rows,
@@ -49,7 +48,7 @@ from compiler.nn.layers import (
     unembed,
 )
 
-# context(l, layer_params, k, v) -> (keys [B, K, S, E], values [B, K, S, E], mask [B, T, S])
+# context(l, layer_params, k, v) -> (keys [B, S, K, E], values [B, S, K, E], mask [B, T, S])
 # given the new tokens' own k, v [B, T, K, E] for layer l.
 Context = Callable[[int, dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 
@@ -102,7 +101,7 @@ def decoder_spec(cfg: DecoderIR) -> dict:
 
 
 def init_cache(cfg: DecoderIR, batch: int, max_len: int) -> list[dict]:
-    """One {"k", "v"} pair of zeros [B, K, max_len, E] per layer, in the model dtype."""
+    """One {"k", "v"} pair of zeros [B, max_len, K, E] per layer, in the model dtype."""
     shape = cfg.cache_shape(batch, max_len)
     dt = dtype_of(cfg)
     return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.n_layers)]
@@ -151,7 +150,7 @@ def decoder_forward(
     mask = causal_mask(positions, positions)  # [B, T, T]
 
     def self_context(layer, p, k, v):
-        return heads_first(k), heads_first(v), mask
+        return k, v, mask
 
     hiddens = run_layers(params, cfg, x, positions, self_context)
     return logits_of(params, cfg, hiddens[-1]), hiddens
@@ -172,7 +171,7 @@ def decoder_block(
     start = jnp.asarray(start, jnp.int32)
     positions = start[:, None] + jnp.arange(k_new, dtype=jnp.int32)  # [B, K]
     x = embed(params["embed"], cfg, tokens, positions)
-    max_len = cache[0]["k"].shape[2] if cache else 0
+    max_len = cache[0]["k"].shape[1] if cache else 0
     mask = cache_mask(positions, max_len)  # [B, K, S]
     new_cache = list(cache)
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from compiler.ir import DecoderIR, WiringIR
-from compiler.nn.attention import causal_mask, heads_first, keys_values, tandem_mask, write_rows
+from compiler.nn.attention import causal_mask, keys_values, tandem_mask, write_rows
 from compiler.nn.decoder import (
     decoder_block,
     decoder_forward,
@@ -102,13 +102,13 @@ def tandem_forward(
     def tandem_context(layer, p, k, v):
         src = wiring.layer_map[layer]
         if src is None:
-            return heads_first(k), heads_first(v), causal
+            return k, v, causal
         km, vm = _projected_kv(
             small_params, proj_params, small_cfg, wiring, layer, large_hiddens[src], positions
         )
         keys = jnp.concatenate([km, k], axis=1)  # [B, 2T, K, E]
         values = jnp.concatenate([vm, v], axis=1)
-        return heads_first(keys), heads_first(values), mixed
+        return keys, values, mixed
 
     hiddens = run_layers(small_params, small_cfg, x, positions, tandem_context)
     return logits_of(small_params, small_cfg, hiddens[-1])

@@ -84,18 +84,18 @@ def test_cache_layout():
     assert len(cache) == cfg.n_layers
     for layer in cache:
         assert set(layer) == {"k", "v"}
-        assert layer["k"].shape == (3, cfg.n_kv_heads, 20, cfg.head_dim) == cfg.cache_shape(3, 20)
+        assert layer["k"].shape == (3, 20, cfg.n_kv_heads, cfg.head_dim) == cfg.cache_shape(3, 20)
         assert layer["k"].dtype == jnp.float32 and not np.asarray(layer["k"]).any()
 
 
 def test_write_rows_drops_out_of_range_and_respects_keep():
-    buf = jnp.zeros((2, 1, 5, 1))  # [B, K, S, E]
-    new = jnp.arange(1, 7, dtype=jnp.float32).reshape(2, 3, 1, 1)  # [B, T, K, E]
-    out = np.asarray(write_rows(buf, new, jnp.array([3, 1]))[:, 0, :, 0])
+    buf = jnp.zeros((2, 5, 1, 1))
+    new = jnp.arange(1, 7, dtype=jnp.float32).reshape(2, 3, 1, 1)
+    out = np.asarray(write_rows(buf, new, jnp.array([3, 1]))[..., 0, 0])
     # row 0: slots 3, 4 written, slot 5 dropped (never clamped onto 2..4)
     np.testing.assert_array_equal(out, [[0, 0, 0, 1, 2], [0, 4, 5, 6, 0]])
     keep = jnp.array([[True, False, True], [True, True, False]])
-    out = np.asarray(write_rows(buf, new, jnp.array([0, 2]), keep)[:, 0, :, 0])
+    out = np.asarray(write_rows(buf, new, jnp.array([0, 2]), keep)[..., 0, 0])
     np.testing.assert_array_equal(out, [[1, 0, 3, 0, 0], [0, 0, 4, 5, 0]])
 
 

@@ -155,7 +155,7 @@ def test_logical_axes_cover_every_param_and_cache():
     assert axes["large"]["layers_1"]["attn"]["wk"] == ("embed", "kv_heads", "head_dim")
     assert axes["l2s"]["layers_0"]["w_in"] == (None, "mlp")
     cache_axes = logical_axes(init_cache(large, 1, 4))
-    assert cache_axes[0]["k"] == ("batch", "kv_heads", "length", "head_dim")
+    assert cache_axes[0]["k"] == ("batch", "length", "kv_heads", "head_dim")
 
 
 def test_bad_options_are_named():

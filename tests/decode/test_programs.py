@@ -46,7 +46,7 @@ def test_pieces_compose_into_a_greedy_round():
     first = np.where(np.asarray(res.n_accepted) > 0, np.asarray(d1), np.asarray(res.next_token))
     ar = generator(prog, decode_ir("autoregressive"))(params, toks, lens, KEY)
     np.testing.assert_array_equal(first, np.asarray(ar.tokens)[:, 0])
-    assert large_cache[0]["k"].shape == (2, 2, 6 + 12 + 1 + 1, 12)  # [B, K, S, E]
+    assert large_cache[0]["k"].shape == (2, 6 + 12 + 1 + 1, 2, 12)  # [B, S, K, E]
     assert state.large_cache[0]["k"].is_deleted()  # donated to large_block
 
 

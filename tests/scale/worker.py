@@ -131,11 +131,11 @@ def decode_sharded(prog: ProgramIR, params) -> dict:
     compiled = fn.lower(*args).compile()
     hlo = compiled.as_text()
     result = compiled(*args)
-    # Cache slots: prompt buffer + max_new + gamma + 1; K/V [B, kv_heads, S, head_dim]
+    # Cache slots: prompt buffer + max_new + gamma + 1; K/V [B, S, kv_heads, head_dim]
     d = prog.decode
     s = toks.shape[1] + d.max_new_tokens + d.gamma + 1
     b = prog.batch // sh.sizes["data"]
-    local = f"f32[{b},{4 // sh.sizes['model']},{s},8]"  # the large model's cache shard
+    local = f"f32[{b},{s},{4 // sh.sizes['model']},8]"  # the large model's cache shard
     wq = placed["large"]["layers_0"]["attn"]["wq"]
     return {
         "rows": rows(result),
