@@ -17,7 +17,7 @@ from compiler.decode.state import LoopConfig
 from compiler.nn import init_cache
 
 
-def _loop_ms(step, params, carry, n: int, repeats: int) -> float:
+def loop_ms(step, params, carry, n: int, repeats: int) -> float:
     """ms per iteration of `step(params, carry)` run n times inside one jitted fori_loop (no
     per-call dispatch, as inside the generate loop); best of repeats (contended machines).
     params go in as an argument, as in the generate loop: closed over, XLA would fold them
@@ -62,9 +62,9 @@ def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int =
     sizes = cfg.buckets or tuple(range(1, cfg.gamma + 1))
     return {
         "batch": batch,
-        "small_ms": _loop_ms(small_step_, params, (small, acc), n, repeats),
+        "small_ms": loop_ms(small_step_, params, (small, acc), n, repeats),
         "block_ms": {
-            k: _loop_ms(block(k), params, (large, small, acc), n, repeats) for k in sizes
+            k: loop_ms(block(k), params, (large, small, acc), n, repeats) for k in sizes
         },  # fmt: skip
     }
 

@@ -25,10 +25,11 @@ def test_steps_agree_and_are_timed(tied):
     assert set(res["steps"]) == {1, 3}
     for s in res["steps"].values():
         assert s["xla_ms"] > 0 and s["kernel_ms"] > 0 and s["hand_ms"] > 0
+        assert s["xla_loop_ms"] > 0 and s["kernel_loop_ms"] > 0
         assert max(s["max_abs_diff"].values()) < 1e-4
     assert "GB/s" in res["machine"]
     text = step_bench.table(res, "large")
-    assert "| 3 |" in text and "kernel speedup over xla" in text
+    assert "| 3 |" in text and "kernel speedup over xla" in text and "in-loop ms" in text
 
 
 def test_a_different_model_is_caught(monkeypatch):
