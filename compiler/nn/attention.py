@@ -87,19 +87,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 def attn_out(params: dict, o: jax.Array) -> jax.Array:
     """o [B, T, H, E] -> [B, T, D]."""
     b, t, h, e = o.shape
-    w = params["wo"]
-    return dense(o.reshape(b * t, h * e), _as_2d(w, h * e)).reshape(b, t, -1)
+    w = params["wo"]  # [H, E, D], or packed for decoding (already a 2-D product)
+    w = w if isinstance(w, PackedWeight) else w.reshape(h * e, -1)
+    return dense(o.reshape(b * t, h * e), w).reshape(b, t, -1)
 
 
 def _project(x: jax.Array, w: jax.Array) -> jax.Array:
     """x [B, T, D] @ w [D, H, E] -> [B, T, H, E] as one 2-D matmul (XLA CPU's fast path)."""
     b, t, d = x.shape
-    return dense(x.reshape(b * t, d), _as_2d(w, d)).reshape(b, t, *w.shape[1:])
-
-
-def _as_2d(w, d_in: int):
-    """An array weight as [d_in, rest]; a packed one is already a 2-D product."""
-    return w if isinstance(w, PackedWeight) else w.reshape(d_in, -1)
+    return (x.reshape(b * t, d) @ w.reshape(d, -1)).reshape(b, t, *w.shape[1:])
 
 
 # ----------------------------------------------------------------------------- masks

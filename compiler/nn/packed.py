@@ -18,7 +18,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 PANEL = 16
 
@@ -69,13 +68,6 @@ def pack(w: jax.Array, n_in_dims: int = 1) -> PackedWeight:
         raise ValueError(f"the CPU kernel packs float32 weights, not {w.dtype}")
     d_in = math.prod(w.shape[:n_in_dims])
     return PackedWeight(_panels(w.reshape(d_in, -1)), w.shape, n_in_dims)
-
-
-def unpack(w: PackedWeight) -> jax.Array:
-    """The weight back in its logical shape (tests)."""
-    panels = np.asarray(w.panels)
-    flat = panels.transpose(1, 0, 2).reshape(w.d_in, -1)[:, : w.d_out]
-    return jnp.asarray(flat.reshape(w.shape))
 
 
 def dense(x: jax.Array, w) -> jax.Array:

@@ -17,7 +17,7 @@ from compiler import kernels
 from compiler.decode.backend import choose, pack_decoder
 from compiler.ir import DecoderIR
 from compiler.nn import decoder_block, init_cache, init_decoder
-from compiler.nn.packed import PackedWeight, dense, pack, unpack
+from compiler.nn.packed import PackedWeight, dense, pack
 
 KERNEL = kernels.load()
 # g++ is on every machine of ours: a kernel that does not build fails here, unless turned off
@@ -88,6 +88,12 @@ def test_isa_never_goes_above_the_cpu():
         assert KERNEL.set_isa("scalar") == "scalar"
     finally:
         KERNEL.set_isa(KERNEL.best_isa)
+
+
+def unpack(w: PackedWeight) -> np.ndarray:
+    """The weight back in its logical shape from the panels."""
+    flat = np.asarray(w.panels).transpose(1, 0, 2).reshape(w.d_in, -1)[:, : w.d_out]
+    return flat.reshape(w.shape)
 
 
 def test_pack_roundtrip_and_logical_shapes():
