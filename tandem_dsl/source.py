@@ -80,17 +80,70 @@ def _origin(source: str, node: yaml.Node) -> Origin:
     return Origin(source, start.line + 1, col, end.line + 1, end_col)
 
 
+# Bounds on what one spec may expand to, so hostile YAML fails fast: aliases can make a small
+# file expand exponentially ("billion laughs"), or refer to themselves.
+MAX_VALUES = 100_000  # values after aliases and merge keys are expanded
+MAX_DEPTH = 64  # nesting of mappings and sequences
+MAX_FILE_BYTES = 1 << 20
+MERGE = "tag:yaml.org,2002:merge"
+
+
+class TooLarge(Exception):
+    """The YAML expands past MAX_VALUES or MAX_DEPTH (at `node`)."""
+
+    def __init__(self, what: str, node):
+        super().__init__(what)
+        self.what, self.node = what, node
+
+
 def _scalar(node: yaml.ScalarNode):
     return SafeConstructor().construct_object(node, deep=True)
 
 
-def _convert(source: str, node, path, doc: Doc, errors: Collector):
-    doc.origins[path] = _origin(source, node)
+def _known_tag(node) -> bool:
+    return node.tag in SafeConstructor.yaml_constructors or node.tag == MERGE
+
+
+def convert(
+    source: str, node, path, doc: Doc, errors: Collector, budget: list | None = None, at=None
+):
+    """A composed YAML node -> plain values, recording origins (`at` for all of them when
+    given: an override's value); raises TooLarge."""
+    budget = budget if budget is not None else [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise TooLarge(f"more than {MAX_VALUES} values once aliases are expanded", node)
+    if len(path) > MAX_DEPTH:
+        raise TooLarge(f"nesting deeper than {MAX_DEPTH} levels", node)
+    doc.origins[path] = at or _origin(source, node)
+    if not _known_tag(node):
+        errors.error(
+            "E-YAML-TAG",
+            f"unknown YAML tag '{node.tag}'",
+            doc.origins[path],
+            path_str(path),
+            "specs are plain YAML: remove the tag (tags never run code here)",
+        )
+        return None
     if isinstance(node, yaml.MappingNode):
-        out = {}
+        out, merged = {}, []
         for key_node, value_node in node.value:
-            key = _scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
-            key_origin = _origin(source, key_node)
+            if key_node.tag == MERGE:  # `<<: *base`: keys of base that are not set here
+                value = convert(source, value_node, path, doc, errors, budget, at)
+                for m in value if isinstance(value, list) else [value]:
+                    if not isinstance(m, dict):
+                        errors.error(
+                            "E-YAML-MERGE",
+                            "a merge key (<<) takes a mapping or a list of mappings",
+                            at or _origin(source, value_node),
+                            path_str(path),
+                        )
+                        continue
+                    merged.append(m)
+                continue
+            plain_key = isinstance(key_node, yaml.ScalarNode) and _known_tag(key_node)
+            key = _scalar(key_node) if plain_key else None
+            key_origin = at or _origin(source, key_node)
             if not isinstance(key, str):
                 errors.error(
                     "E-YAML-KEY", "mapping keys must be strings", key_origin, path_str(path)
@@ -105,26 +158,88 @@ def _convert(source: str, node, path, doc: Doc, errors: Collector):
                     "remove one of the two entries",
                 )
             doc.key_origins[path + (key,)] = key_origin
-            out[key] = _convert(source, value_node, path + (key,), doc, errors)
+            out[key] = convert(source, value_node, path + (key,), doc, errors, budget, at)
+        for m in merged:
+            for key, value in m.items():
+                out.setdefault(key, value)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(source, v, path + (i,), doc, errors) for i, v in enumerate(node.value)]
-    return _scalar(node)
-
-
-def parse_yaml(text: str, source: str, errors: Collector) -> Doc | None:
-    doc = Doc(tree={}, files=[source])
+        return [
+            convert(source, v, path + (i,), doc, errors, budget, at)
+            for i, v in enumerate(node.value)
+        ]
     try:
-        node = yaml.compose(text, Loader=SpecLoader)
+        return _scalar(node)
+    except (yaml.YAMLError, ValueError, TypeError):  # e.g. `!!int abc`
+        errors.error(
+            "E-YAML-TAG",
+            f"'{node.value}' cannot be read as {node.tag}",
+            doc.origins[path],
+            path_str(path),
+            "remove the explicit tag",
+        )
+        return None
+
+
+def _compose_bounded(text: str):
+    """yaml.compose, but RecursionError at once for nesting deeper than MAX_DEPTH: the event
+    pass is iterative, the composer recursive (and slow to reach Python's recursion limit)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=SpecLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecursionError
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return yaml.compose(text, Loader=SpecLoader)
+
+
+def compose(text: str, source: str, errors: Collector, at: Origin | None = None):
+    """YAML text -> its node (None for an empty document), or False after reporting an error
+    (at `at` when given)."""
+    try:
+        return _compose_bounded(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         errors.error(
             "E-YAML-SYNTAX",
             f"invalid YAML: {e.problem or e.context}",
-            Origin(source, line, col, line, col + 1),
+            at or Origin(source, line, col, line, col + 1),
             hint="check indentation, colons and quotes on this line or the one above",
         )
+    except RecursionError:
+        errors.error(
+            "E-YAML-DEPTH",
+            f"the YAML nests too deeply (at most {MAX_DEPTH} levels)",
+            at or Origin(source, 1, 1, 1, 2),
+        )
+    return False
+
+
+def to_plain(source: str, node, path, doc: Doc, errors: Collector, at: Origin | None = None):
+    """`convert` with its bounds reported as errors (at `at` when given); None on failure."""
+    try:
+        return convert(source, node, path, doc, errors, at=at)
+    except (TooLarge, RecursionError) as e:
+        what = e.what if isinstance(e, TooLarge) else f"nesting deeper than {MAX_DEPTH} levels"
+        origin = at or (_origin(source, e.node) if isinstance(e, TooLarge) else Origin(source))
+        errors.error(
+            "E-YAML-SIZE",
+            f"the YAML is too large: {what}",
+            origin,
+            path_str(path),
+            "a spec is a few hundred values: check for aliases (*name) that refer to "
+            "themselves or repeat each other",
+        )
+        return None
+
+
+def parse_yaml(text: str, source: str, errors: Collector) -> Doc | None:
+    doc = Doc(tree={}, files=[source])
+    node = compose(text, source, errors)
+    if node is False:
         return None
     if node is None:
         errors.error("E-YAML-EMPTY", "the spec file is empty", Origin(source, 1, 1, 1, 2))
@@ -134,25 +249,61 @@ def parse_yaml(text: str, source: str, errors: Collector) -> Doc | None:
             "E-YAML-ROOT", "a spec must be a mapping at the top level", _origin(source, node)
         )
         return None
-    doc.tree = _convert(source, node, (), doc, errors)
+    tree = to_plain(source, node, (), doc, errors)
+    if tree is None:
+        return None
+    doc.tree = tree
     return doc
 
 
-def load_file(path: str | Path, errors: Collector, _stack: tuple = ()) -> Doc | None:
-    """Loads a spec file and merges its `include:` files (in order, then the file on top)."""
+def _read_spec(path: Path, errors: Collector, where: Origin) -> str | None:
+    """The text of a spec file: a regular UTF-8 file of at most MAX_FILE_BYTES (a FIFO or a
+    device could block or never end)."""
+    try:
+        if not path.exists():
+            errors.error("E-FILE-MISSING", f"spec file not found: {path}", where)
+            return None
+        if not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            errors.error("E-FILE-READ", f"{path} is {kind}", where, hint="give a YAML file")
+            return None
+        if path.stat().st_size > MAX_FILE_BYTES:
+            errors.error(
+                "E-FILE-READ",
+                f"{path} has {path.stat().st_size} bytes; a spec may have {MAX_FILE_BYTES}",
+                where,
+                "is this the right file?",
+            )
+            return None
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        errors.error(
+            "E-FILE-READ",
+            f"{path} is not UTF-8 text (byte {e.start})",
+            where,
+            "is this the right file? specs are YAML text",
+        )
+    except OSError as e:
+        errors.error("E-FILE-READ", f"cannot read spec file {path}: {e.strerror or e}", where)
+    return None
+
+
+def load_file(
+    path: str | Path, errors: Collector, _stack: tuple = (), at: Origin | None = None
+) -> Doc | None:
+    """Loads a spec file and merges its `include:` files (in order, then the file on top).
+
+    An included file's problems reading it are reported `at` its entry in the including file.
+    Includes must stay inside the top-level spec's folder."""
     path = Path(path)
     source = str(path)
+    where = at or Origin(source)
     if path.resolve() in _stack:
         cycle = " -> ".join(str(p) for p in (*_stack, path.resolve()))
-        errors.error("E-INCLUDE-CYCLE", f"include cycle: {cycle}", Origin(source))
+        errors.error("E-INCLUDE-CYCLE", f"include cycle: {cycle}", where)
         return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        errors.error("E-FILE-MISSING", f"spec file not found: {path}", Origin(source))
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        errors.error("E-FILE-READ", f"cannot read spec file {path}: {e}", Origin(source))
+    text = _read_spec(path, errors, where)
+    if text is None:
         return None
     doc = parse_yaml(text, source, errors)
     if doc is None:
@@ -168,6 +319,16 @@ def load_file(path: str | Path, errors: Collector, _stack: tuple = ()) -> Doc | 
             continue
         inc_path = path.parent / inc
         inc_origin = doc.origin(("include", i) if ("include", i) in doc.origins else ("include",))
+        root = (_stack[0] if _stack else path.resolve()).parent
+        if not inc_path.resolve().is_relative_to(root):
+            errors.error(
+                "E-INCLUDE-OUTSIDE",
+                f"included file {inc_path} is outside the spec's folder {root}",
+                inc_origin,
+                "include",
+                "copy the file into the spec's folder (or below it)",
+            )
+            continue
         if not inc_path.exists():
             errors.error(
                 "E-INCLUDE-MISSING",
@@ -181,7 +342,7 @@ def load_file(path: str | Path, errors: Collector, _stack: tuple = ()) -> Doc | 
             cycle = " -> ".join(str(p) for p in (*_stack, path.resolve(), inc_path.resolve()))
             errors.error("E-INCLUDE-CYCLE", f"include cycle: {cycle}", inc_origin, "include")
             continue
-        inc_doc = load_file(inc_path, errors, (*_stack, path.resolve()))
+        inc_doc = load_file(inc_path, errors, (*_stack, path.resolve()), inc_origin)
         if inc_doc is not None:
             inc_doc.tree.pop("include", None)
             base = inc_doc if base is None else merge(base, inc_doc)
@@ -307,16 +468,8 @@ def apply_overrides(doc: Doc, overrides: list[str], errors: Collector, fields=No
             del parent[last]
             continue
         value_origin = Origin(src, 1, len(text) - len(value_text) + 1, 1, len(text) + 1, text)
-        try:
-            value = yaml.load(value_text, Loader=SpecLoader) if value_text.strip() else ""
-        except yaml.YAMLError:
-            errors.error(
-                "E-OVERRIDE-VALUE",
-                f"override '{text}': value is not valid YAML",
-                value_origin,
-                path_str(path),
-                "quote strings that contain ':' or '{'",
-            )
+        value = _override_value(value_text, value_origin, path, errors)
+        if value is _BAD:
             continue
         if isinstance(parent, list) and op == "add" and last == len(parent):
             parent.append(value)
@@ -324,6 +477,31 @@ def apply_overrides(doc: Doc, overrides: list[str], errors: Collector, fields=No
             parent[last] = value
         _set_origins(doc, path, value, value_origin)
     return doc
+
+
+_BAD = object()
+
+
+def _override_value(text: str, origin: Origin, path, errors: Collector):
+    """An override's value parsed as YAML, within the same bounds as a file; _BAD on error."""
+    if not text.strip():
+        return ""
+    before = len(errors.diagnostics)
+    try:
+        node = _compose_bounded(text)
+    except (yaml.YAMLError, RecursionError):
+        errors.error(
+            "E-OVERRIDE-VALUE",
+            f"override '{origin.text}': the value is not valid YAML",
+            origin,
+            path_str(path),
+            "quote strings that contain ':' or '{'",
+        )
+        return _BAD
+    if node is None:
+        return None
+    value = to_plain(origin.source, node, path, Doc(tree={}), errors, at=origin)
+    return _BAD if len(errors.diagnostics) > before else value
 
 
 def _has(parent, key) -> bool:
