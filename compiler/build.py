@@ -129,6 +129,7 @@ def _decode(spec: Spec) -> DecodeIR | None:
         draft=d.draft if isinstance(d.draft, str) else None,
         draft_ngram=d.draft.n if isinstance(d.draft, NgramDraft) else 0,
         draft_vocab=d.draft_vocab,
+        lookup=d.lookup,
         backend=d.backend,
         gamma=d.gamma,
         free_token=d.free_token,
@@ -203,6 +204,8 @@ def format_ir(prog: ProgramIR) -> str:
     if prog.decode is not None:
         d = prog.decode
         draft = d.draft or (f"ngram(n={d.draft_ngram})" if d.draft_ngram else "-")
+        if d.lookup:
+            draft += f" + lookup(n={d.lookup})"
         lines.append(
             f"  decode {d.policy}: target {d.target}, draft {draft}, gamma {d.gamma}, "
             f"max_new_tokens {d.max_new_tokens}, "

@@ -229,6 +229,7 @@ class DecodeIR:
     draft: str | None = None  # a model name (None for autoregressive)
     draft_ngram: int = 0  # > 0: prompt-lookup drafter with this n, no draft model
     draft_vocab: int = 0  # > 0: the draft model proposes only ids < draft_vocab
+    lookup: int = 0  # > 0: hybrid drafting, n-gram prompt lookup first, the draft model elsewhere
     backend: str = "auto"  # mat-mul backend: auto | xla | kernel (compiler.decode.backend)
     gamma: int = 4
     free_token: bool = True  # standalone: the large model's own next token starts M_S

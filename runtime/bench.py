@@ -2,9 +2,11 @@
 target side by side, in one process, on the same held-out prompts, batch 1.
 
 Rows: the target alone (autoregressive), prompt lookup (n-gram drafts copied from the context),
-standard SPEED with an independent drafter at every gamma, and the spec's drafter (the Tandem
-small model) at every gamma. Prompts: code cut from held-out corpus files (the validation
-split, so no model trained on them) and chat messages wrapped in the tokenizer's chat template.
+standard SPEED with an independent drafter at every gamma, the spec's drafter (the Tandem
+small model) at every gamma, and both drafters again with hybrid drafting (`decode.lookup`:
+prompt lookup where the context matches, the drafter elsewhere). Prompts: code cut from
+held-out corpus files (the validation split, so no model trained on them) and chat messages
+wrapped in the tokenizer's chat template.
 Each method is compiled and warmed up first; then the timed runs are interleaved (every method
 on every prompt, `repeats` times) so machine drift hits all methods alike, and the fastest run
 of each (method, prompt) counts. Then the pieces are timed inside compiled loops (one M_S step
@@ -76,7 +78,7 @@ def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str
     """Row name -> decode settings. The first row is the baseline."""
     from .run import autoregressive
 
-    base = dataclasses.replace(d, policy="speed", adaptive=None, draft_ngram=0)
+    base = dataclasses.replace(d, policy="speed", adaptive=None, draft_ngram=0, lookup=0)
     out = {"autoregressive": autoregressive(d)}
     if lookup_n:
         out[f"prompt lookup n={lookup_n} gamma=4"] = dataclasses.replace(
@@ -88,6 +90,16 @@ def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str
         )
     for g in gammas:
         out[f"Tandem + SPEED ({d.draft}) gamma={g}"] = dataclasses.replace(base, gamma=g)
+    if lookup_n:  # hybrid drafting: prompt lookup where it matches, the drafter elsewhere
+        hybrid = dataclasses.replace(base, lookup=lookup_n)
+        for g in gammas if drafter else ():
+            out[f"standard SPEED + lookup n={lookup_n} ({drafter}) gamma={g}"] = (
+                dataclasses.replace(hybrid, draft=drafter, gamma=g)
+            )
+        for g in gammas:
+            out[f"Tandem + SPEED + lookup n={lookup_n} ({d.draft}) gamma={g}"] = (
+                dataclasses.replace(hybrid, gamma=g)
+            )
     return out
 
 
@@ -168,7 +180,9 @@ def measured_costs(r, d: DecodeIR, gammas, drafters, prompt_len: int) -> dict:
 
     out = {"ar_step_ms": None, "step_ms": {}, "verify_ms": {}}
     for i, name in enumerate(drafters):
-        dec = dataclasses.replace(d, policy="speed", draft=name, gamma=max(gammas), adaptive=None)
+        dec = dataclasses.replace(
+            d, policy="speed", draft=name, gamma=max(gammas), adaptive=None, lookup=0
+        )
         cfg = loop_config(r.prog, dec)
         params = decode_params(r, dec)[0]
         # the verify passes once (the first drafter's config); the others only need the step
@@ -183,9 +197,12 @@ def measured_costs(r, d: DecodeIR, gammas, drafters, prompt_len: int) -> dict:
 
 def _add_ceilings(rows: dict, table: dict, costs: dict) -> None:
     """row["ceiling"]: the speedup of a SPEED row if all its drafts were accepted,
-    (gamma + 1) t_AR / (gamma t_step + t_verify), all from the measured costs."""
+    (gamma + 1) t_AR / (gamma t_step + t_verify), all from the measured costs (not for hybrid
+    rows: their rounds drafted by lookup take no drafter steps)."""
     t_ar = costs["ar_step_ms"]
     for name, dec in table.items():
+        if dec.lookup:
+            continue
         step = costs["step_ms"].get(dec.draft)
         if dec.policy == "speed" and step is not None and dec.gamma in costs["verify_ms"]:
             g = dec.gamma
@@ -210,6 +227,8 @@ def _rows(table, prompts, results, best) -> dict:
             "small_calls_per_token": s["small_calls_per_token"],
             "identical": all(token_rows(results[name, i]) == ref[i] for i in range(len(prompts))),
         }
+        if table[name].lookup:  # hybrid: the share of rounds drafted by prompt lookup
+            row["lookup_share"] = s["lookup_rounds"] / max(s["rounds"], 1)
         for kind in ("code", "chat"):  # per-kind speedups: total time ratio on those prompts
             idx = [i for i, (k, _) in enumerate(prompts) if k == kind]
             if idx:
@@ -217,10 +236,14 @@ def _rows(table, prompts, results, best) -> dict:
         rows[name] = row
     for row in rows.values():
         row["speedup"] = rows[base]["seconds"] / row["seconds"]
-    for name, row in rows.items():  # Tandem vs standard SPEED at the same gamma
+    for name, row in rows.items():  # Tandem vs standard SPEED at the same gamma (and lookup)
         if name.startswith("Tandem"):
-            g = name.rsplit("gamma=", 1)[1]
-            std = [v for k, v in rows.items() if k.startswith("standard") and k.endswith(f"={g}")]
+            g, hybrid = name.rsplit("gamma=", 1)[1], "+ lookup" in name
+            std = [
+                v
+                for k, v in rows.items()
+                if k.startswith("standard") and k.endswith(f"={g}") and ("+ lookup" in k) == hybrid
+            ]
             if std:
                 row["gain_over_standard"] = std[0]["seconds"] / row["seconds"]
     return rows
@@ -231,7 +254,10 @@ def markdown(out: dict) -> str:
     kinds = [k for k in ("code", "chat") if any(p["kind"] == k for p in out["prompts"])]
     head = ["method", "tokens/s", "speedup", *[f"speedup {k}" for k in kinds]]
     head += ["vs standard SPEED", "tau", "M_L calls/token", "M_S calls/token"]
-    head += ["ceiling (all accepted)", "greedy == M_L"]
+    head += ["ceiling (all accepted)"]
+    hybrid = any("lookup_share" in row for row in out["rows"].values())
+    head += ["rounds by lookup"] if hybrid else []
+    head += ["greedy == M_L"]
     lines = [f"machine: {out['machine']}; decode backend: {out['backend']}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in out["rows"].items():
@@ -241,6 +267,8 @@ def markdown(out: dict) -> str:
         cells += [f"{gain:.2f}x" if gain else "-", f"{row['tau']:.2f}" if row["tau"] else "-"]
         cells += [f"{row['large_calls_per_token']:.3f}", f"{row['small_calls_per_token']:.3f}"]
         cells += [f"{row['ceiling']:.2f}x" if "ceiling" in row else "-"]
+        if hybrid:
+            cells += [f"{row['lookup_share']:.0%}" if "lookup_share" in row else "-"]
         cells += ["yes" if row["identical"] else "NO"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -74,6 +74,8 @@ def print_generation(r, prompts, g) -> None:
         f"tau {s['tau']:.2f}, large calls/token {s['large_calls_per_token']:.2f}, "
         f"small calls/token {s['small_calls_per_token']:.2f}; mat-muls: {s['backend']}"
     )
+    if s.get("lookup_rounds"):  # hybrid drafting
+        console.print(f"rounds drafted by prompt lookup: {s['lookup_rounds']} of {s['rounds']}")
 
 
 def print_eval(rows: dict) -> None:
@@ -115,6 +117,11 @@ def print_comparison(r, prompts, c: dict) -> None:
         f"identical output: {'yes' if c['identical'] else 'NO'}  (tau counts the bonus token); "
         f"mat-muls: {c['ours']['backend']}"
     )
+    ours = c["ours"]
+    if ours.get("lookup_rounds"):  # hybrid drafting
+        console.print(
+            f"rounds drafted by prompt lookup: {ours['lookup_rounds']} of {ours['rounds']}"
+        )
     console.print("[dim]sample:[/dim]", markup=True)
     console.print(prompts[0] + c["text"][0], markup=False)
 

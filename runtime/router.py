@@ -205,7 +205,7 @@ def print_router_report(r, rep: dict) -> None:
 def rule_table(r, router: dict | None, costs: dict, gammas, conf, max_gamma: int):
     """name -> (DecodeIR, stop_rule or None[, verify buckets])."""
     d, a = _adaptive(r)
-    base = dataclasses.replace(d, eos_id=-1, adaptive=None, draft_ngram=0)
+    base = dataclasses.replace(d, eos_id=-1, adaptive=None, draft_ngram=0, lookup=0)
     ad = dataclasses.replace(base, policy="adaptive",
                              adaptive=AdaptiveIR(rule="fixed", max_gamma=max_gamma))  # fmt: skip
     rules = {"autoregressive M_L": (dataclasses.replace(base, policy="autoregressive",

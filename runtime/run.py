@@ -340,6 +340,7 @@ def decode_stats(results: list, seconds: float) -> dict:
         int(total(f)) for f in ("large_calls", "small_calls", "rounds", "round_tokens")
     )
     drafted = total("drafted_by_pos")
+    lookup_rounds = int(total("lookup_rounds"))
     return {
         "tokens": tokens,
         "tokens_per_s": tokens / seconds,
@@ -351,6 +352,7 @@ def decode_stats(results: list, seconds: float) -> dict:
         "round_tokens": round_tokens,
         "tau": round_tokens / max(rounds, 1),
         "drafts_per_round": float(drafted.sum()) / max(rounds, 1),
+        "lookup_rounds": lookup_rounds,  # hybrid drafting: rounds drafted by prompt lookup
         "accepted_by_pos": total("accepted_by_pos").tolist(),
         "drafted_by_pos": drafted.tolist(),
     }
@@ -364,7 +366,9 @@ def with_eos(r: Run, decode: DecodeIR) -> DecodeIR:
 
 def autoregressive(d: DecodeIR) -> DecodeIR:
     """The same decode section with the target generating alone (the baseline)."""
-    return dataclasses.replace(d, policy="autoregressive", draft=None, draft_ngram=0, adaptive=None)
+    return dataclasses.replace(
+        d, policy="autoregressive", draft=None, draft_ngram=0, lookup=0, adaptive=None
+    )
 
 
 def compare(r: Run, prompts: list[str], repeats: int = 3) -> dict:

@@ -301,6 +301,15 @@ def decoding(ctx: Context):
         ctx.error("E-CHECK-STANDALONE", "standalone decoding needs a model draft", p + ("draft",))
     if d.draft_vocab:
         _draft_vocab(ctx, d, p + ("draft_vocab",))
+    if d.lookup and (d.policy not in ("speed", "adaptive") or not isinstance(d.draft, str)):
+        ctx.error(
+            "E-CHECK-LOOKUP",
+            "lookup adds prompt-lookup drafts to a draft model's rounds: it needs policy speed "
+            "or adaptive and a model draft"
+            + ("" if isinstance(d.draft, str) else " (draft {kind: ngram} is prompt lookup alone)"),
+            p + ("lookup",),
+            "use `draft: <model>` with `lookup: 3`, or remove lookup",
+        )
     longest = d.gamma if d.adaptive is None else max(d.gamma, d.adaptive.max_gamma)
     max_len = ctx.spec.shapes.max_len
     if longest >= max_len:

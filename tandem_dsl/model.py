@@ -220,6 +220,14 @@ class Decode:
         "output layer shrinks to these rows; verification stays lossless (speed, adaptive).",
         minimum=0,
     )
+    lookup: int = opt(
+        0,
+        doc="Hybrid drafting (speed, adaptive; a model draft): n > 0 looks up the last n tokens "
+        "(down to 1) in the context first each round; rows with a match draft what followed "
+        "it, the draft model drafts the other rows and does not run when every row matched "
+        "(0 = off). Lossless.",
+        minimum=0,
+    )
     backend: str = opt(
         "auto",
         doc="Mat-mul backend of decoding: `kernel` (a packed CPU kernel, built from source on "

@@ -9,6 +9,11 @@ Which positions M_S itself must process (its own K/V) depends on the wiring:
 - Tandem with unwired layers: those layers need M_S's own K/V everywhere, and rewriting slot
   f-1 would clobber wired memory, so a trailing step processes the round's last draft
   d_{n_draft} at f + n_draft instead (`tail`).
+
+Hybrid drafting (`LoopConfig.lookup`) skips M_S in the rounds a prompt-lookup match drafts. A
+Tandem M_S with every layer wired loses nothing (the verify pass writes memory for every
+position either way); the other two keep their own K/V at every position, so before M_S drafts
+again `catch_up` processes the tokens it skipped (`own_kv_from`).
 """
 
 from __future__ import annotations
@@ -160,3 +165,44 @@ def draft(
         _, cache = small_step(cfg, params, cache, last_draft[:, None], frontier + n_draft)
         calls = calls + act
     return Drafts(toks, qbuf, lbuf, n_draft, calls, cache)
+
+
+def own_kv_from(cfg: LoopConfig, frontier: jax.Array) -> jax.Array:
+    """[B]: positions below this need M_S's own K/V in its cache before it drafts at frontier
+    (an independent drafter re-reads x_{f-1} in its first step, see the module doc)."""
+    return jnp.maximum(frontier - 1, 0) if cfg.independent else frontier
+
+
+def catch_up(cfg: LoopConfig, params: dict, cache, context, synced, frontier, need, active):
+    """Fill the holes that rounds drafted by prompt lookup left in M_S's own K/V (an
+    independent drafter, or the unwired layers of a partially wired Tandem M_S).
+
+    synced [B]: the cache holds M_S's own K/V below this position. Blocks of G + 1 tokens read
+    from the context [B, S] at synced[b] run until every `need` row reaches
+    own_kv_from(frontier); the other active rows catch up as far as they get meanwhile (the
+    pass runs on every row). A row that is already there rewrites slots from synced on with
+    the same tokens or with junk past its frontier, which the draft overwrites before it reads
+    them. A partially wired M_S keeps its wired layers' cache as it was (M_L's memory below the
+    frontier): those layers attend to the memory below synced and to the block's own K/V, as
+    in a round that started at synced. -> (cache, synced, calls [B]: blocks per active row
+    that had a hole)."""
+    w = cfg.gamma + 1
+    goal = own_kv_from(cfg, frontier)
+    s = context.shape[1]
+    keep = set(cfg.wiring.wired_layers) if cfg.partial else set()
+    step = jnp.arange(w, dtype=jnp.int32)[None, :]
+
+    def cond(c):
+        return jnp.any(need & (c[1] < goal))
+
+    def body(c):
+        cache, synced, calls = c
+        lag = active & (synced < goal)
+        toks = jnp.take_along_axis(context, jnp.minimum(synced[:, None] + step, s - 1), axis=1)
+        _, new = small_step(cfg, params, cache, toks, synced)
+        new = [cache[i] if i in keep else layer for i, layer in enumerate(new)]
+        synced = jnp.where(lag, jnp.minimum(synced + w, goal), synced)
+        return new, synced, calls + lag.astype(jnp.int32)
+
+    zero = jnp.zeros_like(synced)
+    return jax.lax.while_loop(cond, body, (cache, synced, zero))

@@ -10,6 +10,9 @@ A round of each policy, for a row at frontier f (position of its last token x_f 
   verifies x_f, d_1..d_G in one block pass, which doubles as the memory pass for the accepted
   positions; the new frontier is the position of the correction/bonus token. M_L's cache is
   rolled back by position alone (slots past a query's position are never read).
+- hybrid (speed / adaptive with `lookup`): a row whose context matches its last tokens takes
+  the prompt-lookup drafts, the others M_S's (`hybrid_drafts`); M_S does not run in a round
+  where every active row matched.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from compiler.decode.drafting import draft, draft_head, small_step
-from compiler.decode.lookup import ngram_draft
+from compiler.decode.drafting import Drafts, catch_up, draft, draft_head, own_kv_from, small_step
+from compiler.decode.lookup import lookup, ngram_draft
 from compiler.decode.rules import FixedRule, HeuristicRule
 from compiler.decode.sampling import probs, sample
 from compiler.decode.state import (
@@ -110,7 +113,10 @@ def prefill(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> LoopStat
         key=key,
         stats=stats,
         logits=jnp.zeros((b, cfg.buf_len, v), jnp.float32) if cfg.return_logits else None,
-        context=jnp.zeros((b, s), jnp.int32).at[:, :p].set(prompt) if cfg.ngram else None,
+        context=(
+            jnp.zeros((b, s), jnp.int32).at[:, :p].set(prompt) if cfg.ngram or cfg.lookup else None
+        ),
+        synced=own_kv_from(cfg, lens - 1) if cfg.catch_up else None,  # after the prompt pass
         budget=(
             jnp.full((b,), cfg.stop_rule.start, jnp.int32)
             if isinstance(cfg.stop_rule, HeuristicRule)
@@ -208,14 +214,58 @@ def verify_block(cfg: LoopConfig, params: dict, large_cache, block, start, n_nee
     return jax.lax.switch(idx, [branch(nb) for nb in cfg.buckets], large_cache, block)
 
 
+def hybrid_drafts(cfg: LoopConfig, params: dict, state: LoopState, key, rule):
+    """Hybrid drafting -> (Drafts, lookup hit [B] bool, synced [B] or None).
+
+    Each row looks up its last cfg.lookup tokens in its context first; a row with a match
+    drafts the G tokens that followed it (q = one-hot: the drafts are deterministic), the other
+    active rows draft with M_S (its q and stop rule). M_S runs only when some active row has no
+    match (`lax.cond`): on repetitive text the round costs what prompt lookup costs. Its calls
+    count for the rows it drafted (and, with `catch_up`, for the rows whose holes it filled)."""
+    g, b = cfg.gamma, state.n.shape[0]
+    f, active = state.frontier, ~state.done
+    look, n_look, _ = lookup(state.context, f, cfg.lookup, g)
+    hit = n_look > 0
+    need = active & ~hit  # the rows M_S drafts for
+
+    def model(cache, synced):
+        calls = jnp.zeros((b,), jnp.int32)
+        if synced is not None:
+            cache, synced, calls = catch_up(cfg, params, cache, state.context, synced, f,
+                                            need, active)  # fmt: skip
+        d = draft(cfg, params, cache, state.last, state.prev, f, need, key, rule, cfg.partial,
+                  limit=state.budget)  # fmt: skip
+        return d._replace(calls=d.calls + calls), synced
+
+    def skip(cache, synced):
+        v, zero = cfg.draft.vocab, jnp.zeros((b,), jnp.int32)
+        q = None if cfg.sampling.greedy else jnp.zeros((b, g, v), jnp.float32)
+        lg = jnp.zeros((b, g, v), jnp.float32) if cfg.return_logits else None
+        return Drafts(jnp.zeros((b, g), jnp.int32), q, lg, zero, zero, cache), synced
+
+    d, synced = jax.lax.cond(jnp.any(need), model, skip, state.small_cache, state.synced)
+    q = d.q
+    if q is not None:  # per row: one-hot for lookup drafts, M_S's distribution otherwise
+        q = jnp.where(hit[:, None, None], jax.nn.one_hot(look, q.shape[-1], dtype=q.dtype), q)
+    d = d._replace(
+        tokens=jnp.where(hit[:, None], look, d.tokens),
+        q=q,
+        n_draft=jnp.where(hit, n_look, d.n_draft),
+    )
+    return d, hit, synced
+
+
 def speculative_step(cfg: LoopConfig, params: dict, state: LoopState):
     """One draft + verify round -> (new state, drafts, target logits [B, G+1, V])."""
     g, b = cfg.gamma, state.n.shape[0]
     f, active = state.frontier, ~state.done
     key, k_draft, k_verify = jax.random.split(state.key, 3)
     rule = cfg.stop_rule if cfg.stop_rule is not None else FixedRule(g)
+    hit, synced = None, state.synced
     if cfg.ngram:
         d = ngram_draft(state.context, f, cfg.ngram, g)
+    elif cfg.lookup:
+        d, hit, synced = hybrid_drafts(cfg, params, state, k_draft, rule)
     else:
         d = draft(cfg, params, state.small_cache, state.last, state.prev, f, active, k_draft,
                   rule, cfg.partial, limit=state.budget)  # fmt: skip
@@ -235,6 +285,7 @@ def speculative_step(cfg: LoopConfig, params: dict, state: LoopState):
     seq = jnp.where(jnp.arange(g + 2)[None, :] == k[:, None] + 1, res.next_token[:, None], seq)
     toks = seq[:, 1:]  # [B, G+1]: accepted drafts, then the correction/bonus at index k
     a = active.astype(jnp.int32)
+    drafted = active if hit is None else active & ~hit  # the rows M_S drafted
     st = state.stats
     stats = st.replace(
         large_calls=st.large_calls + a,
@@ -243,12 +294,16 @@ def speculative_step(cfg: LoopConfig, params: dict, state: LoopState):
         round_tokens=st.round_tokens + a * (k + 1),
         accepted_by_pos=st.accepted_by_pos + a[:, None] * res.accepted,
         drafted_by_pos=st.drafted_by_pos + a[:, None] * (i[:, :g] < d.n_draft[:, None]),
+        lookup_rounds=st.lookup_rounds if hit is None else st.lookup_rounds + a * hit,
     )
     budget = state.budget
-    if budget is not None:
-        budget = jnp.where(active, rule.update(budget, k, d.n_draft), budget)
+    if budget is not None:  # M_S's budget follows M_S's rounds only
+        budget = jnp.where(drafted, rule.update(budget, k, d.n_draft), budget)
+    if synced is not None:  # M_S's own K/V after its round (the draft's invariant)
+        synced = jnp.where(drafted, own_kv_from(cfg, f + k + 1), synced)
     new = _advance(state, seq, k + 1, key=key, large_cache=large_cache,
-                   small_cache=small_cache, stats=stats, budget=budget)  # fmt: skip
+                   small_cache=small_cache, stats=stats, budget=budget,
+                   synced=synced)  # fmt: skip
     return emit(cfg, new, toks, k + 1, logits), d, logits
 
 

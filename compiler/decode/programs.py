@@ -87,6 +87,7 @@ def loop_config(
     )  # fmt: skip
     if decode.policy == "autoregressive":
         return LoopConfig(policy="autoregressive", draft=None, wiring=None, gamma=1, **common)
+    _check_lookup(decode)
     if decode.draft_ngram > 0:
         if decode.policy != "speed":
             raise ValueError(
@@ -121,7 +122,7 @@ def loop_config(
             f"decode.draft_vocab {decode.draft_vocab}: needs policy speed or adaptive and at most "
             f"the draft's vocab {draft.vocab}"
         )
-    common["draft_vocab"] = decode.draft_vocab
+    common.update(draft_vocab=decode.draft_vocab, lookup=decode.lookup)
     if decode.policy == "standalone":
         if not tandem:
             raise ValueError(
@@ -140,6 +141,18 @@ def loop_config(
     return LoopConfig(policy="adaptive", draft=draft, wiring=wiring, gamma=g,
                       stop_rule=_stop_rule(decode, stop_rule), buckets=bk,
                       **common)  # fmt: skip
+
+
+def _check_lookup(decode: DecodeIR) -> None:
+    """decode.lookup (hybrid drafting) adds prompt lookup to a draft model's SPEED rounds."""
+    if decode.lookup < 0:
+        raise ValueError(f"decode.lookup must be >= 0, got {decode.lookup}")
+    if decode.lookup and (decode.policy not in ("speed", "adaptive") or decode.draft_ngram):
+        raise ValueError(
+            f"decode.lookup {decode.lookup} (hybrid drafting) needs policy speed or adaptive with "
+            f"a draft model, not policy {decode.policy!r}"
+            + (" with prompt-lookup drafts (draft: {kind: ngram})" if decode.draft_ngram else "")
+        )
 
 
 def _check_buckets(buckets, gamma: int) -> tuple[int, ...]:

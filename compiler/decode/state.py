@@ -46,6 +46,9 @@ class LoopConfig:
     buckets: tuple[int, ...] = ()
     # > 0: M_S proposes only ids < draft_vocab (a cut output layer, `drafting.draft_head`)
     draft_vocab: int = 0
+    # > 0 (speed/adaptive with M_S): hybrid drafting, an n-gram prompt lookup up to this n
+    # first; M_S drafts only the rows without a match (`loops.hybrid_drafts`)
+    lookup: int = 0
 
     @property
     def buf_len(self) -> int:
@@ -78,23 +81,31 @@ class LoopConfig:
         """M_S must process the prompt itself (independent drafter or unwired layers)."""
         return self.independent or self.partial
 
+    @property
+    def catch_up(self) -> bool:
+        """Hybrid drafting with an M_S that needs its own K/V at every position: the rounds
+        drafted by lookup leave holes that it fills before it drafts again
+        (`drafting.catch_up`, `LoopState.synced`)."""
+        return self.lookup > 0 and self.prompt_pass
+
 
 @flax.struct.dataclass
 class DecodeStats:
     """Per-row counters. large_calls counts the prefill pass too (autoregressive: = tokens)."""
 
     large_calls: jax.Array  # [B] int32 passes of the target model
-    small_calls: jax.Array  # [B] int32 passes of M_S (a prompt pass counts as one)
+    small_calls: jax.Array  # [B] int32 passes of M_S (a prompt pass or catch-up block: one)
     rounds: jax.Array  # [B] int32 verify (speed/adaptive) or block (standalone) rounds
     round_tokens: jax.Array  # [B] int32 tokens emitted by those rounds (bonus counted)
     accepted_by_pos: jax.Array  # [B, G] int32 rounds in which draft i was accepted
     drafted_by_pos: jax.Array  # [B, G] int32 rounds in which draft i was proposed
+    lookup_rounds: jax.Array  # [B] int32 rounds drafted by prompt lookup (hybrid drafting)
 
     @classmethod
     def zeros(cls, batch: int, gamma: int) -> DecodeStats:
         z = jnp.zeros((batch,), jnp.int32)
         zg = jnp.zeros((batch, gamma), jnp.int32)
-        return cls(z, z, z, z, zg, zg)
+        return cls(z, z, z, z, zg, zg, z)
 
     @property
     def tau(self) -> jax.Array:
@@ -119,6 +130,8 @@ class LoopState:
     logits: jax.Array | None  # [B, N, V] float32 when return_logits
     context: jax.Array | None = None  # [B, S] int32 token at each position (prompt lookup)
     budget: jax.Array | None = None  # [B] int32 per-row draft limit (the +2/-1 heuristic)
+    # [B] int32 (LoopConfig.catch_up): M_S's cache holds its own K/V below this position
+    synced: jax.Array | None = None
 
     @property
     def frontier(self) -> jax.Array:

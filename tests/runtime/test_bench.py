@@ -49,6 +49,10 @@ def test_bench_rows_are_lossless_and_saved(r):
         "standard SPEED (drafter) gamma=3",
         "Tandem + SPEED (small) gamma=1",
         "Tandem + SPEED (small) gamma=3",
+        "standard SPEED + lookup n=2 (drafter) gamma=1",
+        "standard SPEED + lookup n=2 (drafter) gamma=3",
+        "Tandem + SPEED + lookup n=2 (small) gamma=1",
+        "Tandem + SPEED + lookup n=2 (small) gamma=3",
     ]
     assert all(row["identical"] for row in rows.values())
     assert rows["autoregressive"]["large_calls_per_token"] == 1.0
@@ -60,6 +64,9 @@ def test_bench_rows_are_lossless_and_saved(r):
     assert rows["standard SPEED (drafter) gamma=3"]["ceiling"] > 0
     assert "ceiling" not in rows["autoregressive"]
     assert "ceiling" not in rows["prompt lookup n=2 gamma=4"]
+    hybrid = rows["Tandem + SPEED + lookup n=2 (small) gamma=3"]
+    assert 0 <= hybrid["lookup_share"] <= 1 and "ceiling" not in hybrid
+    assert "gain_over_standard" in hybrid and "lookup_share" not in rows["autoregressive"]
     assert [p["kind"] for p in out["prompts"]] == ["code", "code"]
     assert all(p["text"].splitlines()[-1].lstrip().startswith("def ") for p in out["prompts"])
     saved = json.loads((r.run_dir / "bench.json").read_text())
