@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
+
+import numpy as np
 
 from .data import Prefetcher, TokenStream, list_documents, split_documents
 from .errors import UserError
@@ -11,7 +14,7 @@ from .errors import UserError
 class _Resumable:
     """Prefetched training batches that report the data position of the last batch taken."""
 
-    def __init__(self, stream: TokenStream):
+    def __init__(self, stream):
         self._position = stream.state()
         self._items = Prefetcher(stream.with_state(), depth=2)
 
@@ -29,10 +32,33 @@ class _Resumable:
         self._items.close()
 
 
-class SpecData:
-    """Documents of the spec's corpus split into train and validation, tokenized lazily."""
+class MixedStream:
+    """Each batch: rows from several TokenStreams stacked in a fixed order (their batch sizes
+    set the mix); its state is every part's position, by name."""
 
-    def __init__(self, spec, tokenizer):
+    def __init__(self, parts: dict[str, TokenStream]):
+        self.parts = parts
+
+    def state(self) -> dict:
+        return {name: s.state() for name, s in self.parts.items()}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return np.concatenate([next(s) for s in self.parts.values()])
+
+    def with_state(self):
+        for batch in self:
+            yield batch, self.state()
+
+
+class SpecData:
+    """Documents of the spec's corpus split into train and validation, tokenized lazily; with
+    `generated` (pre-tokenized `.ids` documents) a `share` of each training batch's rows comes
+    from those."""
+
+    def __init__(self, spec, tokenizer, generated: list[Path] = ()):
         try:
             docs = list_documents(spec.data.corpus, spec.data.paths)
         except ValueError as e:
@@ -40,19 +66,31 @@ class SpecData:
         self.tokenizer = tokenizer
         self.seed = spec.data.seed
         self.train_docs, self.val_docs = split_documents(docs, spec.data.val_fraction, self.seed)
+        self.generated = list(generated)
+        self.share = spec.data.generated.share if self.generated else 0.0
 
     def _seed(self, stage_seed: int) -> int:
         return zlib.crc32(f"{self.seed}/{stage_seed}".encode())
 
     def train(self, seq_len: int, batch: int, seed: int, position: dict | None) -> _Resumable:
+        n_gen = round(self.share * batch)
+        sizes = {"generated": n_gen, "corpus": batch - n_gen}
+        docs = {"generated": self.generated, "corpus": self.train_docs}
+        parts = [name for name, n in sizes.items() if n > 0]
         try:
-            stream = TokenStream(
-                self.train_docs, self.tokenizer, seq_len=seq_len, batch=batch,
-                seed=self._seed(seed), state=position,
-            )  # fmt: skip
+            streams = {
+                name: TokenStream(
+                    docs[name], self.tokenizer, seq_len=seq_len, batch=sizes[name],
+                    seed=self._seed(seed),
+                    state=position if parts == ["corpus"] else (position or {}).get(name),
+                )  # fmt: skip
+                for name in parts
+            }
         except ValueError as e:
             raise UserError(f"cannot resume the training data: {e}") from None
-        return _Resumable(stream)
+        if parts == ["corpus"]:
+            return _Resumable(streams["corpus"])
+        return _Resumable(MixedStream(streams))
 
     def validation(self, seq_len: int, batch: int, n_batches: int) -> list:
         stream = TokenStream(
@@ -62,5 +100,5 @@ class SpecData:
         return list(stream)
 
 
-def data_for_spec(spec, tokenizer) -> SpecData:
-    return SpecData(spec, tokenizer)
+def data_for_spec(spec, tokenizer, generated: list[Path] = ()) -> SpecData:
+    return SpecData(spec, tokenizer, generated)

@@ -5,7 +5,8 @@ Order of the token stream (documented because resuming depends on it):
 1. Epoch `e` visits every document once, in the order `default_rng((seed, e)).permutation(n)`.
    (A tuple, not `seed + e`: with a sum, seed 1's first epoch would be seed 0's second.)
 2. Each document is tokenized on its own (lazily, when the stream reaches it) and followed by a
-   separator: the tokenizer's EOS id, or the bytes of "\\n\\n" when it has none.
+   separator: the tokenizer's EOS id, or the bytes of "\\n\\n" when it has none. A `.ids` file is
+   already tokenized (little-endian int32 ids, e.g. generated text) and read as it is.
 3. The stream is cut into rows of `seq_len + 1` tokens (inputs `row[:-1]`, targets `row[1:]`);
    rows do not overlap, and the stream runs on across document and epoch boundaries.
 4. `window * batch` consecutive rows form a shuffle window; its rows are permuted with
@@ -292,9 +293,18 @@ class TokenStream:
                 order = np.random.default_rng((self.seed, epoch)).permutation(len(self.docs))
                 self._order = (epoch, order)
             path = self.docs[self._order[1][index]]
-            tokens = np.concatenate([_encode(self.tokenizer, _read(path)), self._sep])
+            tokens = np.concatenate([_tokens(self.tokenizer, path), self._sep])
             self._cache = (epoch, index, path, tokens)
         return self._cache[2], self._cache[3]
+
+
+TOKEN_IDS = ".ids"  # a pre-tokenized document: little-endian int32 token ids
+
+
+def _tokens(tokenizer, path: Path) -> np.ndarray:
+    if path.suffix == TOKEN_IDS:
+        return np.frombuffer(_read(path), dtype="<i4").astype(np.int32)
+    return _encode(tokenizer, _read(path))
 
 
 def _encode(tokenizer, data: bytes) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,22 @@ def open_run(
     except ValueError as e:
         raise UserError(str(e)) from None
     return Run(spec, prog, run_dir, tokenizer, log)
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Before work that writes into the run directory: it is (or can be made) a writable
+    folder, so no finished work is lost to a write error at its end."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file; pass a folder with --run-dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"cannot write into the run directory {run_dir} ({e.strerror or e}); pass a "
+            "writable folder with --run-dir"
+        ) from None
 
 
 def _tokenizer(spec, run_dir: Path, log):
@@ -181,8 +198,13 @@ def trained_params(r: Run, require: bool = False) -> dict:
 
 def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[StageResult]:
     from .corpus import data_for_spec
+    from .selfgen import generated_documents
 
-    data = data_for_spec(r.spec, r.tokenizer)
+    unfinished = any(not (r.run_dir / s.name / "final.json").exists() for s in r.prog.train)
+    if unfinished:
+        ensure_writable(r.run_dir)
+    generated = generated_documents(r, r.log) if unfinished else []
+    data = data_for_spec(r.spec, r.tokenizer, generated)
     params = initial_params(r)
     results = []
     for stage in r.prog.train:

@@ -15,6 +15,9 @@ from .diagnostics import Collector, did_you_mean
 from .model import Spec, Wiring
 from .source import Doc
 
+# Names become folder and file names (runs/<name>/<stage>/...) and parameter keys.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RESERVED_STAGE_NAMES = ("generated",)  # other entries of a run directory
 LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab")
 CHECKS: list[Callable[[Context], None]] = []
 
@@ -453,3 +456,22 @@ def data(ctx: Context):
             ("data",),
             "use corpus: stdlib or list text files under paths",
         )
+    g = ctx.spec.data.generated
+    if g is None:
+        return
+    p = ("data", "generated")
+    if g.code_prompts + g.chat_prompts == 0:
+        ctx.error(
+            "E-CHECK-DATA",
+            "data.generated has no prompts: code_prompts and chat_prompts are both 0",
+            p,
+            "set code_prompts or chat_prompts > 0, or remove data.generated",
+        )
+    if g.chat_prompts and ctx.spec.tokenizer.kind not in ("gguf", "hf-json"):
+        ctx.error(
+            "E-CHECK-DATA",
+            f"chat_prompts need a tokenizer with a chat template, not '{ctx.spec.tokenizer.kind}'",
+            p + ("chat_prompts",),
+            "use an imported model's gguf or hf-json tokenizer, or set chat_prompts: 0",
+        )
+    ctx.model_ref(g.model, p + ("model",))

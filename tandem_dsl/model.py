@@ -23,6 +23,30 @@ def opt(default=MISSING, *, doc: str, factory=MISSING, **meta):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Generated:
+    model: str = opt(doc="The model that writes the text (greedy), with its initial weights.")
+    code_prompts: int = opt(
+        512, doc="Prompts cut from training files: the code up to a `def` line.", minimum=0
+    )
+    chat_prompts: int = opt(
+        512,
+        doc="Requests built from the training files' documented functions, wrapped in the "
+        "tokenizer's chat template.",
+        minimum=0,
+    )
+    prompt_tokens: int = opt(96, doc="Longest prompt in tokens.", minimum=8)
+    new_tokens: int = opt(128, doc="Tokens generated per prompt.", minimum=1)
+    batch: int = opt(16, doc="Prompts generated together.", minimum=1)
+    share: float = opt(
+        0.75,
+        doc="Fraction of each training batch's rows drawn from the generated text (the rest "
+        "from the corpus).",
+        minimum=0,
+        maximum=1,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Data:
     corpus: str | None = opt(
         "stdlib", doc="Built-in corpus: the Python standard library's own source.", enum=["stdlib"]
@@ -31,6 +55,12 @@ class Data:
     seq_len: int = opt(256, doc="Training sequence length in tokens.", minimum=2)
     val_fraction: float = opt(0.01, doc="Fraction of documents held out.", minimum=0, maximum=0.5)
     seed: int = opt(0, doc="Seed of the split and the data order.", minimum=0)
+    generated: Generated | None = opt(
+        None,
+        doc="Train also on a model's own greedy continuations (self-distillation data for "
+        "drafters: the text they will draft at decode time), generated once into the run "
+        "directory and reused while these settings, the model and the corpus stay the same.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

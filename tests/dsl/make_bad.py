@@ -97,6 +97,16 @@ CASES = {
         "data: {seq_len: 64}", "data: {seq_len: 64}\ntokenizer: {kind: bpe, vocab_size: 100}"
     ),
     "no_data": BASE.replace("data: {seq_len: 64}", "data: {seq_len: 64, corpus: null}"),
+    "generated_chat": BASE.replace(
+        "data: {seq_len: 64}", "data: {seq_len: 64, generated: {model: large, chat_prompts: 8}}"
+    ),
+    "generated_empty": BASE.replace(
+        "data: {seq_len: 64}",
+        "data: {seq_len: 64, generated: {model: large, code_prompts: 0, chat_prompts: 0}}",
+    ),
+    "generated_model": BASE.replace(
+        "data: {seq_len: 64}", "data: {seq_len: 64, generated: {model: lage, chat_prompts: 0}}"
+    ),
     "include_missing": BASE.replace("name: bad\n", "name: bad\ninclude: [nowhere.yaml]\n"),
     "include_cycle": "tandem: 1\nname: bad\ninclude: [includes/cycle_a.yaml]\n",
     "bench_drafter": BASE + "bench: {drafter: drafer}\n",
