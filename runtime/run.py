@@ -69,6 +69,8 @@ def open_run(
     except ValueError as e:
         raise UserError(str(e)) from None
     run_dir = Path(run_dir) if run_dir else Path("runs") / spec.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file; pass a folder with --run-dir")
     try:
         tokenizer = _tokenizer(spec, run_dir, log)
     except ValueError as e:

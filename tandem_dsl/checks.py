@@ -7,6 +7,7 @@ uses to turn `wiring[i].layers` into the per-small-layer table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -219,10 +220,55 @@ def _check_projection(ctx: Context, w: Wiring, p: tuple) -> None:
 
 
 @check
+def names(ctx: Context):
+    spec = ctx.spec
+    named = [(spec.name, ("name",), False)]
+    for kind, table in (("models", spec.models), ("projections", spec.projections)):
+        named += [(n, (kind, n), True) for n in table]
+    named += [(s.name, ("train", i, "name"), False) for i, s in enumerate(spec.train)]
+    for name, path, is_key in named:
+        if not NAME.fullmatch(name) or ".." in name:
+            ctx.error(
+                "E-CHECK-NAME",
+                f"'{name}' cannot be a name: names become folder names",
+                path,
+                "use letters, digits, '_', '-' and '.' (not '..'), starting with a letter or "
+                "digit, at most 64 characters",
+                key=is_key,
+            )
+    seen = {}
+    for i, stage in enumerate(spec.train):
+        p = ("train", i, "name")
+        if stage.name in seen:
+            ctx.error(
+                "E-CHECK-STAGE-NAME",
+                f"stage name '{stage.name}' is used twice (also train[{seen[stage.name]}]): "
+                "each stage has its own folder",
+                p,
+                "rename one of them",
+            )
+        elif stage.name in RESERVED_STAGE_NAMES:
+            ctx.error(
+                "E-CHECK-STAGE-NAME",
+                f"'{stage.name}' is a reserved folder of the run directory",
+                p,
+                "rename the stage",
+            )
+        seen.setdefault(stage.name, i)
+
+
+@check
 def training(ctx: Context):
     names = set(ctx.spec.models) | set(ctx.spec.projections)
     for i, stage in enumerate(ctx.spec.train):
         p = ("train", i)
+        if not stage.trainable:
+            ctx.error(
+                "E-CHECK-UNKNOWN-TRAINABLE",
+                f"stage '{stage.name}' trains nothing: its trainable list is empty",
+                p + ("trainable",),
+                "list the models or projections it trains, e.g. trainable: [small, l2s]",
+            )
         for j, name in enumerate(stage.trainable):
             if name not in names:
                 ctx.error(
@@ -402,6 +448,15 @@ def bench(ctx: Context):
 @check
 def sharding(ctx: Context):
     axes = {"data", "model"}
+    for axis in sorted(axes):
+        size = getattr(ctx.spec.mesh, axis)
+        if size == 0:
+            ctx.error(
+                "E-CHECK-MESH-AXIS",
+                f"mesh axis '{axis}' has size 0",
+                ("mesh", axis),
+                "use a size >= 1, or -1 for the devices left over",
+            )
     for i, rule in enumerate(ctx.spec.sharding):
         p = ("sharding", i)
         if len(rule) != 2:

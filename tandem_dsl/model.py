@@ -204,7 +204,7 @@ class TrainStage:
 class Sampling:
     temperature: float = opt(0.0, doc="0 = greedy.", minimum=0)
     top_k: int = opt(0, doc="Keep the k most likely tokens (0 = off).", minimum=0)
-    top_p: float = opt(1.0, doc="Nucleus mass (1 = off).", minimum=0, maximum=1)
+    top_p: float = opt(1.0, doc="Nucleus mass (1 = off).", exclusive_minimum=0, maximum=1)
     seed: int = opt(0, doc="Sampling seed.", minimum=0)
 
 

@@ -77,6 +77,7 @@ def markdown() -> str:
                 extra = " One of: " + ", ".join(f"`{v}`" for v in meta["enum"]) + "."
             bounds = [
                 f"min {meta['minimum']}" if "minimum" in meta else "",
+                f"> {meta['exclusive_minimum']}" if "exclusive_minimum" in meta else "",
                 f"max {meta['maximum']}" if "maximum" in meta else "",
             ]
             bounds = ", ".join(b for b in bounds if b)

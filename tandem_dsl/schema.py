@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 
@@ -22,6 +23,9 @@ EXPRESSION = {
     "pattern": r"(\$\{|[0-9])",
     "description": 'An integer expression, e.g. "4 * ${models.small.d_model}".',
 }
+
+
+BOUNDS = {"minimum": "minimum", "maximum": "maximum", "exclusive_minimum": "exclusiveMinimum"}
 
 
 def yaml_name(f: dataclasses.Field) -> str:
@@ -61,7 +65,7 @@ def _type_schema(tp, meta: dict, defs: dict) -> dict:
     if dataclasses.is_dataclass(tp):
         _define(tp, defs)
         return {"$ref": f"#/$defs/{tp.__name__}"}
-    bounds = {k: meta[k] for k in ("minimum", "maximum") if k in meta}
+    bounds = {key: meta[k] for k, key in BOUNDS.items() if k in meta}
     if tp is int:
         return {"anyOf": [{"type": "integer", **bounds}, {"$ref": "#/$defs/expression"}]}
     if tp is float:
@@ -108,7 +112,17 @@ def spec_schema() -> dict:
 
 @functools.cache
 def _validator():
-    return jsonschema.Draft202012Validator(spec_schema())
+    # JSON Schema counts 2.0 as an integer and NaN as a number; a spec does not.
+    types_ = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {
+            "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
+            "number": lambda _, v: isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v),
+        }
+    )
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=types_)
+    return cls(spec_schema())
 
 
 def _leaf(error):
@@ -164,13 +178,14 @@ def validate(doc: Doc, errors: Collector) -> None:
                 where,
                 did_you_mean(str(error.instance), options),
             )
-        elif kind in ("minimum", "maximum"):
-            word = "at least" if kind == "minimum" else "at most"
+        elif kind in ("minimum", "maximum", "exclusiveMinimum"):
+            word = {"minimum": "at least", "maximum": "at most"}.get(kind, "more than")
             errors.error(
                 "E-SCHEMA-RANGE",
                 f"{error.instance!r} is out of range: must be {word} {error.validator_value}",
                 doc.origin(path),
                 where,
+                _range_hint(error.schema),
             )
         elif kind == "anyOf" and isinstance(error.instance, str):
             errors.error(
@@ -184,12 +199,40 @@ def validate(doc: Doc, errors: Collector) -> None:
             expected = error.validator_value if kind == "type" else error.message
             errors.error(
                 "E-SCHEMA-TYPE",
-                f"{error.instance!r} is not of type {expected}"
-                if kind == "type"
-                else error.message,
+                _type_message(error.instance, expected) if kind == "type" else error.message,
                 doc.origin(path),
                 where,
+                _type_hint(error.instance, expected),
             )
+
+
+def _type_message(value, expected) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    return f"{value!r} is not of type {expected}"
+
+
+def _range_hint(schema: dict) -> str:
+    lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+    lo_bracket = "[" if "minimum" in schema else "("
+    hi = schema.get("maximum")
+    if lo is not None and hi is not None:
+        return f"use a value in {lo_bracket}{lo}, {hi}]"
+    if lo is not None:
+        return f"use a value {'>=' if lo_bracket == '[' else '>'} {lo}"
+    return f"use a value <= {hi}"
+
+
+def _type_hint(value, expected) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "write a finite number"
+    if expected == "integer" and isinstance(value, float) and value.is_integer():
+        return f"write {int(value)} (an integer, without the decimal point or exponent)"
+    if expected in ("integer", "number") and isinstance(value, str):
+        return "write a number without quotes"
+    if expected == "boolean":
+        return "write true or false"
+    return None
 
 
 def _doc_of(schema: dict, key: str) -> str:

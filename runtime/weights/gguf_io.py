@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import optional
+
 GGUF_MAGIC = b"GGUF"
 
 # ggml tensor name -> canonical (HF Llama) name; {i} is the layer number.
@@ -53,10 +55,9 @@ def check_magic(path: Path) -> None:
 
 @lru_cache(maxsize=2)
 def _reader(path: str, mtime: float):
-    from gguf import GGUFReader
-
+    reader = optional("gguf").GGUFReader
     try:
-        return GGUFReader(path, "r")
+        return reader(path, "r")
     except Exception as e:  # the reader raises ValueError/struct.error/... on corrupt files
         raise ValueError(
             f"{path} could not be read as GGUF ({type(e).__name__}: {e}); the file is "
@@ -141,13 +142,11 @@ def canonical_name(name: str) -> str | None:
 
 def dequantize(tensor) -> np.ndarray:
     """A `gguf.ReaderTensor` -> float32 numpy array in [out, in] (row-major) order."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize as gguf_dequantize
-
+    gguf = optional("gguf")
     try:
-        out = gguf_dequantize(tensor.data, tensor.tensor_type)
+        out = optional("gguf.quants").dequantize(tensor.data, tensor.tensor_type)
     except NotImplementedError:
-        name = GGMLQuantizationType(tensor.tensor_type).name
+        name = gguf.GGMLQuantizationType(tensor.tensor_type).name
         raise ValueError(
             f"tensor {tensor.name}: quantization type {name} cannot be dequantized by the "
             "installed `gguf` package; upgrade it (pip install -U gguf)"

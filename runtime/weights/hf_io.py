@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import optional
+
 ARCHITECTURES = {"llama", "mistral"}
 INDEX_FILE = "model.safetensors.index.json"
 # Buffers some older checkpoints saved with the weights; they carry no parameters.
@@ -108,7 +110,8 @@ def read_tensors(path: str | Path, n_heads: int, n_kv_heads: int):
 
     The `flax` framework of `safetensors` is used because numpy has no bfloat16.
     """
-    from safetensors import SafetensorError, safe_open
+    safetensors = optional("safetensors")
+    SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open  # noqa: N806
 
     for file in weight_files(path):
         try:

@@ -1,6 +1,7 @@
-"""Hostile YAML: every case exits 2 with a located diagnostic, no traceback, in bounded time
-(aliases that expand exponentially or refer to themselves, deep nesting, tags, merge keys,
-includes of devices, FIFOs, directories, binary files and files outside the spec's folder)."""
+"""Hostile specs: every case exits 2 with a located diagnostic, no traceback, in bounded time.
+YAML (aliases that expand exponentially or refer to themselves, deep nesting, tags, merge keys,
+includes of devices, FIFOs, directories, binary files and files outside the spec's folder) and
+names that would become paths."""
 
 import os
 import time
@@ -104,3 +105,34 @@ def test_include_below_the_spec_folder_still_works(tmp_path):
     (tmp_path / "base/models.yaml").write_text(BASE)
     (tmp_path / "top.yaml").write_text("include: [base/models.yaml]\nname: top\n")
     assert api.load(tmp_path / "top.yaml").name == "top"
+
+
+QUICKSTART = str(ROOT / "specs/quickstart.yaml")
+
+
+@pytest.mark.parametrize(
+    "override, code",
+    [
+        ("name=../../../x", "E-CHECK-NAME"),
+        ("name=/etc/passwd", "E-CHECK-NAME"),
+        ("name=''", "E-CHECK-NAME"),
+        ("name=..", "E-CHECK-NAME"),
+        ("name=a" + "b" * 64, "E-CHECK-NAME"),
+        ("train.0.name=../../elsewhere", "E-CHECK-NAME"),
+        ("train.1.name=large", "E-CHECK-STAGE-NAME"),
+        ("train.0.name=generated", "E-CHECK-STAGE-NAME"),
+        ("train.0.trainable=[]", "E-CHECK-UNKNOWN-TRAINABLE"),
+        ("models.large.n_layers=2.0", "E-SCHEMA-TYPE"),
+        ("models.large.d_model=1e3", "E-SCHEMA-TYPE"),
+        ("train.0.optimizer.lr=.nan", "E-SCHEMA-TYPE"),
+        ("train.0.optimizer.lr=.inf", "E-SCHEMA-TYPE"),
+        ("decode.sampling.temperature=.nan", "E-SCHEMA-TYPE"),
+        ("decode.sampling.top_p=0", "E-SCHEMA-RANGE"),
+        ("decode.gamma=-3", "E-SCHEMA-RANGE"),
+        ("+mesh={data: 0}", "E-CHECK-MESH-AXIS"),
+    ],
+)
+def test_values_that_would_crash_later(capsys, override, code):
+    rc, err, _ = _run(capsys, QUICKSTART, override)
+    assert rc == 2 and f"error[{code}]" in err and "Traceback" not in err, err
+    assert err.startswith("cli:1:") and "hint:" in err
