@@ -80,7 +80,10 @@ class SpecData:
         try:
             streams = {
                 name: TokenStream(
-                    docs[name], self.tokenizer, seq_len=seq_len, batch=sizes[name],
+                    docs[name],
+                    self.tokenizer,
+                    seq_len=seq_len,
+                    batch=sizes[name],
                     seed=self._seed(seed),
                     state=position if parts == ["corpus"] else (position or {}).get(name),
                 )  # fmt: skip

@@ -116,9 +116,9 @@ def _validator():
     types_ = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
         {
             "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
-            "number": lambda _, v: isinstance(v, int | float)
-            and not isinstance(v, bool)
-            and math.isfinite(v),
+            "number": lambda _, v: (
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            ),
         }
     )
     cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=types_)
