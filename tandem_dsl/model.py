@@ -253,8 +253,8 @@ class Decode:
     lookup: int = opt(
         0,
         doc="Hybrid drafting (speed, adaptive; a model draft): n > 0 looks up the last n tokens "
-        "(down to 1) in the context first each round; rows with a match draft what followed "
-        "it, the draft model drafts the other rows and does not run when every row matched "
+        "in the context first each round; rows where all n occur earlier draft what followed "
+        "them, the draft model drafts the other rows and does not run when every row matched "
         "(0 = off). Lossless.",
         minimum=0,
     )

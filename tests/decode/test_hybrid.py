@@ -103,7 +103,7 @@ def _cyclic_large(params):
 def test_model_does_not_run_when_every_row_matches():
     prog = program("tandem")
     params = _cyclic_large(params_for(prog))
-    cfg = loop_config(prog, hybrid_ir(gamma=3, n=3, max_new=20))
+    cfg = loop_config(prog, hybrid_ir(gamma=3, n=1, max_new=20))
 
     @jax.jit
     def drafts(prompt, lens):
@@ -118,6 +118,11 @@ def test_model_does_not_run_when_every_row_matches():
     np.testing.assert_array_equal(d.tokens, [[3, 4, 5], [4, 5, 6]])
     for old, new in zip(before, d.cache, strict=True):  # M_S wrote nothing
         np.testing.assert_array_equal(old["k"], new["k"])
+    # with n = 3 only row 0's last 3 tokens occurred before; row 1's last one alone is no match
+    cfg3 = loop_config(prog, hybrid_ir(gamma=3, n=3, max_new=20))
+    state3 = jax.jit(lambda p, n: prefill(cfg3, params, p, n, KEY))(both, lens)
+    _, hit3, _ = hybrid_drafts(cfg3, params, state3, KEY, FixedRule(3))
+    assert np.asarray(hit3).tolist() == [True, False]
     # row 1 ends in a token seen nowhere before: M_S drafts it (and only it)
     one = both.at[1, 7].set(40)
     before, (d, hit, _) = drafts(one, lens)
@@ -126,7 +131,7 @@ def test_model_does_not_run_when_every_row_matches():
     assert not np.array_equal(before[0]["k"], d.cache[0]["k"])
     np.testing.assert_array_equal(d.tokens[0], [3, 4, 5])
     # a whole generation on the cycle: every round drafted by lookup, M_S never called
-    out = generator(prog, hybrid_ir(gamma=4, n=3, max_new=20))(params, both, lens, KEY)
+    out = generator(prog, hybrid_ir(gamma=4, n=1, max_new=20))(params, both, lens, KEY)
     ar = generator(prog, decode_ir("autoregressive", max_new=20))(params, both, lens, KEY)
     assert rows(out) == rows(ar)
     st = jax.device_get(out.stats)
@@ -229,7 +234,7 @@ def test_sampled_hybrid_follows_large_model(kind, policy):
     params = params_for(prog, seed=7, head_scale=2.0)
     adaptive = AdaptiveIR(rule="confidence", threshold=0.5, max_gamma=3)
     adaptive = adaptive if policy == "adaptive" else None
-    dec = hybrid_ir(policy, gamma=3, max_new=2, temperature=1.0, adaptive=adaptive)
+    dec = hybrid_ir(policy, n=1, gamma=3, max_new=2, temperature=1.0, adaptive=adaptive)
     prompt = jnp.tile(jnp.asarray(PROMPT, jnp.int32), (N, 1))
     lens = jnp.full((N,), len(PROMPT), jnp.int32)
     res = generator(prog, dec)(params, prompt, lens, jax.random.key(11))
