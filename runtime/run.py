@@ -9,7 +9,9 @@ table = run.compare(r, ["def main("])   # autoregressive vs the spec's policy
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import tempfile
@@ -33,6 +35,7 @@ from tandem_dsl import api
 
 from . import checkpoint
 from .errors import UserError
+from .stage_config import differences, stage_config
 from .train import StageResult, train_stage
 
 
@@ -76,6 +79,33 @@ def open_run(
     except ValueError as e:
         raise UserError(str(e)) from None
     return Run(spec, prog, run_dir, tokenizer, log)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Held while a process trains in run_dir; a second one is refused at once. The lock
+    (flock) ends with the process, even a killed one."""
+    if not run_dir.exists():
+        yield
+        return
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise UserError(
+                f"run directory {run_dir} is in use by another process (pid {holder}); wait for "
+                "it to finish, or use another --run-dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def ensure_writable(run_dir: Path) -> None:
@@ -159,6 +189,24 @@ def initial_params(r: Run) -> dict:
     return params
 
 
+def _check_trained(r: Run, index: int, info: dict) -> None:
+    """A finished stage decodes only if it was trained with the spec's current settings."""
+    stage = r.prog.train[index]
+    recorded, config = info.get("config"), stage_config(r.spec, r.prog, index)
+    if recorded is None:
+        r.log(f"warning: stage '{stage.name}' records no config (an older tandem-dsl wrote it)")
+    changes = [] if recorded is None else differences(recorded, config)
+    if info["steps"] != stage.steps:
+        changes.append(f"steps: {info['steps']} -> {stage.steps}")
+    if changes:
+        listed = "\n  ".join(changes[:12])
+        raise UserError(
+            f"stage '{stage.name}' in {r.run_dir / stage.name} was trained with other "
+            f"settings:\n  {listed}\nRun `tandemc run SPEC train` first (it says what it can "
+            "continue and what must be retrained)"
+        )
+
+
 def _model_from_stage(stage_dir: Path, name: str, template) -> dict:
     final = stage_dir / "final.json"
     if not final.exists():
@@ -179,10 +227,12 @@ def trained_params(r: Run, require: bool = False) -> dict:
         return r.params
     params = initial_params(r)
     done = 0
-    for stage in r.prog.train:
+    for i, stage in enumerate(r.prog.train):
         stage_dir = r.run_dir / stage.name
         if (stage_dir / "final.json").exists():
-            ckpt = stage_dir / json.loads((stage_dir / "final.json").read_text())["checkpoint"]
+            info = json.loads((stage_dir / "final.json").read_text())
+            _check_trained(r, i, info)
+            ckpt = stage_dir / info["checkpoint"]
             for name in stage.trainable:
                 params[name] = checkpoint.load_subtree(ckpt, name, params[name])
             done += 1
@@ -199,17 +249,24 @@ def trained_params(r: Run, require: bool = False) -> dict:
 
 
 def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[StageResult]:
-    from .corpus import data_for_spec
-    from .selfgen import generated_documents
-
+    """Every train stage in order (the run-directory rules: `runtime.train`). One process at
+    a time trains in a run directory (a lock held while it runs)."""
     unfinished = any(not (r.run_dir / s.name / "final.json").exists() for s in r.prog.train)
     if unfinished:
         ensure_writable(r.run_dir)
+    with run_lock(r.run_dir):
+        return _train(r, progress, stop_after_steps, unfinished)
+
+
+def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
+    from .corpus import data_for_spec
+    from .selfgen import generated_documents
+
     generated = generated_documents(r, r.log) if unfinished else []
     data = data_for_spec(r.spec, r.tokenizer, generated)
     params = initial_params(r)
     results = []
-    for stage in r.prog.train:
+    for i, stage in enumerate(r.prog.train):
         result = train_stage(
             r.prog,
             stage,
@@ -220,6 +277,8 @@ def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[St
             progress=progress(stage) if progress else None,
             stop_after_steps=stop_after_steps,
             meta={"spec": api.to_yaml(r.spec)},
+            config=stage_config(r.spec, r.prog, i),
+            log=r.log,
         )
         results.append(result)
         params = result.params

@@ -5,12 +5,20 @@ Layout of a stage directory (`<run dir>/<stage name>/`):
   metrics.jsonl    one JSON object per logged train step and per evaluation
   curves.png       loss and accuracy against steps
   final.json       written last: the stage is complete and is skipped next time
+  diverged/        checkpoints set aside after the loss became NaN or infinite
+
+Every checkpoint and final.json record the stage's config (`runtime.stage_config`). A finished
+stage is reused only when the config is unchanged; with more steps it continues from its last
+checkpoint; any other change is refused with the fields that differ. An unfinished stage
+resumes only with the same config, except for optimizer settings (to recover from a diverged
+loss with a lower learning rate).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from compiler.ir import ProgramIR, TrainStageIR
 from compiler.sharding import Sharder, train_step_program
@@ -25,6 +34,7 @@ from compiler.train import all_params, init_train_state
 
 from . import checkpoint
 from .errors import UserError
+from .stage_config import differences, only_resumable
 
 
 class TrainingDiverged(UserError):
@@ -101,13 +111,16 @@ def train_stage(
     log_every: int = 10,
     stop_after_steps: int | None = None,
     meta: dict | None = None,
+    config: dict | None = None,
+    log=print,
 ) -> StageResult:
     """Trains `stage` from `params` (or its last checkpoint) and returns every parameter.
 
     train_batches(position) -> an iterator of [B, T+1] batches starting at a saved data
     position (None: the beginning) with a `.state()` method; val_batches() -> a fixed list.
     `stop_after_steps` ends early without marking the stage complete (for tests of resume).
-    `meta` (e.g. the resolved spec) is recorded in every checkpoint.
+    `meta` (e.g. the resolved spec) is recorded in every checkpoint, and `config` (what the
+    result depends on, `runtime.stage_config`) decides what may be reused.
     The state lives on the spec's mesh (`compiler.sharding`): batches split over `data`,
     parameters and optimizer state over `model` per the rules; one device is a 1x1 mesh.
     """
@@ -116,17 +129,29 @@ def train_stage(
     shape_hash = checkpoint.shape_hash(template)
     if final.exists():
         info = json.loads(final.read_text())
-        ckpt = stage_dir / info["checkpoint"]
-        state, _ = checkpoint.restore(ckpt, template)
-        return StageResult(
-            stage.name, all_params(state), info["steps"], info["metrics"], skipped=True
-        )
+        _same_config(stage, stage_dir, info.get("config"), config, log, finished=True)
+        if info["steps"] > stage.steps:
+            raise UserError(
+                f"stage '{stage.name}' in {stage_dir} has {info['steps']} steps, the spec asks "
+                f"for {stage.steps}: delete {stage_dir} to retrain it with fewer, or set steps "
+                f"back to {info['steps']}"
+            )
+        if info["steps"] == stage.steps:
+            state, _ = checkpoint.restore(stage_dir / info["checkpoint"], template)
+            return StageResult(
+                stage.name, all_params(state), info["steps"], info["metrics"], skipped=True
+            )
+        log(f"{stage.name}: continuing from step {info['steps']} to {stage.steps}")
+        final.unlink()
 
     state, position, step = template, None, 0
     last = checkpoint.latest(stage_dir)
     if last is not None:
+        recorded = checkpoint.read_meta(last).get("config")
+        _same_config(stage, stage_dir, recorded, config, log, finished=False)
         state, meta = checkpoint.restore(last, template)
         position, step = meta["data"], meta["step"]
+        _drop_metrics_after(stage_dir / "metrics.jsonl", step)
     sh = Sharder.for_run(prog)
     train_step, eval_step, state_sh, batch_sh = train_step_program(prog, stage, sh, state)
     # Fresh global arrays: the train step donates its state, the caller's params stay valid.
@@ -139,7 +164,8 @@ def train_stage(
 
     def save(at: int) -> Path:
         info = {**(meta or {}), "data": batches.state(), "shape_hash": shape_hash}
-        return checkpoint.save(stage_dir, at, state, {**info, "stage": stage.name})
+        info.update(stage=stage.name, config=config)
+        return checkpoint.save(stage_dir, at, state, info)
 
     last_metrics: dict = {}
     # Throughput is measured from the end of the first step on (it includes the compile).
@@ -157,13 +183,15 @@ def train_stage(
             if timed_from is None:
                 timed_from, timed_tokens = time.perf_counter(), tokens
             if not math.isfinite(loss):
-                good = checkpoint.latest(stage_dir)
-                raise TrainingDiverged(
-                    f"stage '{stage.name}': loss is {loss} at step {step}; the last good "
-                    f"checkpoint is {good or 'none (no checkpoint yet)'}. Lower the learning "
-                    "rate or raise warmup, then run again to resume from it"
-                )
-            if step % log_every == 0 or step == end:
+
+                def good(path: Path, start_loss: float) -> bool:
+                    restored, _ = checkpoint.restore(path, template)
+                    value = float(eval_step(sh.put(restored, state_sh), val[0])["loss"])
+                    sane = math.isfinite(value) and value <= start_loss
+                    return sane and _sane_weights(restored["params"], template["params"])
+
+                raise _diverged(prog, stage, stage_dir, loss, step, good)
+            if step % log_every == 0 or step in (1, end):  # step 1: the starting loss
                 row = {"kind": "train", "step": step, **_floats(m)}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -193,6 +221,88 @@ def train_stage(
             "metrics": last_metrics,
             "checkpoint": checkpoint.latest(stage_dir).name,
             "shape_hash": shape_hash,
+            "config": config,
         }
         checkpoint.write_json_atomic(final, info)
     return result
+
+
+def _same_config(stage, stage_dir: Path, recorded, config, log, finished: bool) -> None:
+    """Refuses to reuse or resume a stage trained with another config (see the module doc)."""
+    if config is None:
+        return
+    if recorded is None:
+        log(
+            f"warning: {stage_dir} records no config (written by an older tandem-dsl): reused "
+            "as it is; delete it to retrain under the current rules"
+        )
+        return
+    changes = differences(recorded, config)
+    if not changes:
+        return
+    listed = "\n  ".join(changes[:12]) + ("\n  ..." if len(changes) > 12 else "")
+    if not finished and only_resumable(changes):
+        log(f"{stage.name}: resuming with changed optimizer settings:\n  {listed}")
+        return
+    what = "was trained" if finished else "was started"
+    raise UserError(
+        f"stage '{stage.name}' in {stage_dir} {what} with other settings:\n  {listed}\n"
+        f"Its result is not reused. To train it again with these settings, delete {stage_dir} "
+        "(and the stages after it that read what it trains), or use another --run-dir"
+    )
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Resuming at `step`: the rows logged after the checkpoint are logged again."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line]
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(rows):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
+def _start_loss(stage_dir: Path) -> float:
+    """The first logged training loss of the stage (inf when there is none)."""
+    path = stage_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line)
+        if row.get("kind") == "train" and math.isfinite(row.get("loss", math.inf)):
+            return row["loss"]
+    return math.inf
+
+
+def _sane_weights(params, start) -> bool:
+    """Finite, and no array's RMS grown past 10x its value at the stage's start (or past 1
+    when it started near 0): weights that blew up can still give a finite loss."""
+    for now, then in zip(jax.tree.leaves(params), jax.tree.leaves(start), strict=True):
+        rms_now = float(jnp.sqrt(jnp.mean(jnp.square(now.astype(jnp.float32)))))
+        rms_then = float(jnp.sqrt(jnp.mean(jnp.square(then.astype(jnp.float32)))))
+        if not math.isfinite(rms_now) or rms_now > max(10 * rms_then, 1.0):
+            return False
+    return True
+
+
+def _diverged(prog, stage, stage_dir: Path, loss: float, step: int, is_good):
+    """Sets aside the checkpoints whose weights are already bad (see `_sane_weights`, and a
+    validation loss not finite or above the stage's starting loss), so that running the same
+    command again resumes from the last good one, with a lower learning rate."""
+    start = _start_loss(stage_dir)
+    found = sorted(stage_dir.glob("step_*"), reverse=True)
+    good = next((c for c in found if is_good(c, start)), None)
+    aside = stage_dir / "diverged"
+    for c in found:
+        if good is None or c.name > good.name:
+            aside.mkdir(exist_ok=True)
+            if (aside / c.name).exists():
+                shutil.rmtree(aside / c.name)
+            c.replace(aside / c.name)
+    where = f"it resumes from {good.name}" if good else "the stage starts over"
+    return TrainingDiverged(
+        f"stage '{stage.name}': loss is {loss} at step {step}. Checkpoints written after the "
+        f"loss went bad are set aside in {aside}. Lower the learning rate (e.g. "
+        f"train.{prog.train.index(stage)}.optimizer.lr={stage.optimizer.lr / 10:g}) or raise "
+        f"warmup and run the same command again: {where}"
+    )

@@ -18,4 +18,4 @@ def test_readme_python_examples_run(tmp_path):
             exec(compile(block, "README.md", "exec"), {})
     finally:
         os.chdir(cwd)
-    assert (tmp_path / "runs/quickstart/tandem/final.json").exists()
+    assert (tmp_path / "runs/quickstart-short/tandem/final.json").exists()
