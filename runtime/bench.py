@@ -36,6 +36,7 @@ def code_prompts(r, n: int, max_tokens: int) -> list[str]:
     one prompt per file, files in a fixed order, the def line in the middle of its file."""
     from .corpus import SpecData
     from .data import document_keys
+    from .selfgen import code_before_def
 
     if n == 0:
         return []
@@ -48,12 +49,9 @@ def code_prompts(r, n: int, max_tokens: int) -> list[str]:
         defs = [i for i, line in enumerate(lines) if line.lstrip().startswith("def ") and i > 8]
         if not defs:
             continue
-        end = defs[len(defs) // 2] + 1
-        start = end - 1
-        while start > 0 and len(r.tokenizer.encode("".join(lines[start - 1 : end]))) <= max_tokens:
-            start -= 1
-        if len(r.tokenizer.encode("".join(lines[start:end]))) <= max_tokens:
-            out.append("".join(lines[start:end]))
+        prompt = code_before_def(r.tokenizer, lines, defs[len(defs) // 2], max_tokens)
+        if prompt:
+            out.append(prompt)
         if len(out) == n:
             return out
     raise UserError(f"only {len(out)} held-out files hold a function; lower bench.code_prompts")
