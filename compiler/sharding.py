@@ -1,4 +1,4 @@
-"""Scale-out (DESIGN.md §8): a device mesh from the spec's `mesh`, NamedShardings from its
+"""Scale-out: a device mesh from the spec's `mesh`, NamedShardings from its
 `sharding` rules over the logical axis names of `compiler.nn.logical_axes`.
 
 One code path for one device and many: a single device is a 1x1 mesh.

@@ -59,7 +59,8 @@ def run_checks(spec: Spec, doc: Doc, errors: Collector) -> None:
 
 
 def default_layer_map(n_small: int, n_large: int) -> tuple[int, ...]:
-    """DESIGN.md 5: l(j) = ((j+1) * L_L) // L_S, so the last small layer reads the last layer."""
+    """l(j) = ((j+1) * L_L) // L_S, so the last small layer reads the last layer (see
+    docs/architecture.md, Tandem semantics)."""
     return tuple(((j + 1) * n_large) // n_small for j in range(n_small))
 
 

@@ -1,4 +1,4 @@
-"""The expression language used inside spec string values (DESIGN.md section 4).
+"""The expression language used inside spec string values (docs/architecture.md).
 
 Integer arithmetic (``+ - * // %``, unary minus, parentheses), ``${a.b.c}`` references,
 half-open ranges ``a:b[:step]`` and layer maps ``dst[range] <- src[range], ...``.

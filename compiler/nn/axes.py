@@ -1,4 +1,4 @@
-"""Logical axis names of every param and cache array, for sharding rules (DESIGN.md §8).
+"""Logical axis names of every param and cache array, for sharding rules (docs/architecture.md).
 
 Names come from tandem_dsl's vocabulary: batch, length, embed, heads, kv_heads, head_dim,
 mlp, vocab; None = never sharded. A projection's input side (the large model's width) is

@@ -1,4 +1,5 @@
-"""The training frontier and the Tandem mask equal DESIGN.md section 5, position by position."""
+"""The training frontier and the Tandem mask equal the rule in docs/architecture.md (Tandem
+semantics), position by position."""
 
 from __future__ import annotations
 
