@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from compiler.ir import DecodeIR
 
 from .errors import UserError
+from .prompts import chat_prompt, code_before_def
 
 
 def code_prompts(r, n: int, max_tokens: int) -> list[str]:
@@ -36,7 +37,6 @@ def code_prompts(r, n: int, max_tokens: int) -> list[str]:
     one prompt per file, files in a fixed order, the def line in the middle of its file."""
     from .corpus import SpecData
     from .data import document_keys
-    from .selfgen import code_before_def
 
     if n == 0:
         return []
@@ -55,21 +55,6 @@ def code_prompts(r, n: int, max_tokens: int) -> list[str]:
         if len(out) == n:
             return out
     raise UserError(f"only {len(out)} held-out files hold a function; lower bench.code_prompts")
-
-
-def chat_prompt(tokenizer, message: str) -> str:
-    """The user message in the tokenizer's chat template, ready for the assistant's reply."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        raise UserError(
-            "bench.chat_prompts needs a tokenizer with a chat template (an imported model's "
-            "gguf or hf-json tokenizer); remove chat_prompts for this spec"
-        )
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    messages = [{"role": "user", "content": message}]
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True)
 
 
 def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str, DecodeIR]:

@@ -157,7 +157,7 @@ def cmd_run(args) -> int:
     if stage in ("bench", "train-router", "bench-rules") or (stage is None and r.spec.bench):
         run.ensure_writable(r.run_dir)  # their results go there: fail now, not after the work
     if args.chat:
-        from runtime.bench import chat_prompt
+        from runtime.prompts import chat_prompt
 
         prompts = [chat_prompt(r.tokenizer, p) for p in prompts]
     out: dict = {"spec": r.spec.name, "run_dir": str(r.run_dir)}

@@ -262,9 +262,9 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
     from .corpus import data_for_spec
     from .selfgen import generated_documents
 
-    generated = generated_documents(r, r.log) if unfinished else []
-    data = data_for_spec(r.spec, r.tokenizer, generated)
     params = initial_params(r)
+    generated = generated_documents(r, params, r.log) if unfinished else []
+    data = data_for_spec(r.spec, r.tokenizer, generated)
     results = []
     for i, stage in enumerate(r.prog.train):
         result = train_stage(

@@ -27,10 +27,12 @@ import numpy as np
 
 from .data import TOKEN_IDS, document_keys
 from .errors import UserError
+from .prompts import chat_prompt, code_before_def
 
 
-def generated_documents(r, log=print) -> list[Path]:
-    """The `.ids` documents of `data.generated` (generated now where missing), or []."""
+def generated_documents(r, params: dict, log=print) -> list[Path]:
+    """The `.ids` documents of `data.generated` (generated now where missing, by the model
+    with these params: the run's initial ones), or []."""
     g = r.spec.data.generated
     if g is None:
         return []
@@ -42,7 +44,7 @@ def generated_documents(r, log=print) -> list[Path]:
     paths = [folder / f"{k:05d}{TOKEN_IDS}" for k in range(n_batches)]
     missing = [k for k, p in enumerate(paths) if not p.exists()]
     if missing:
-        _generate(r, train_docs, folder, paths, missing, log)
+        _generate(r, params, train_docs, folder, paths, missing, log)
     return paths
 
 
@@ -64,7 +66,7 @@ def _key(r, train_docs: list[Path]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _generate(r, train_docs, folder: Path, paths: list[Path], missing: list[int], log) -> None:
+def _generate(r, params, train_docs, folder: Path, paths, missing: list[int], log) -> None:
     g = r.spec.data.generated
     prompts = build_prompts(r, train_docs)
     total = len(prompts) * g.new_tokens
@@ -74,7 +76,7 @@ def _generate(r, train_docs, folder: Path, paths: list[Path], missing: list[int]
         f"{len(paths) - len(missing)} of {len(paths)} batches already there"
     )
     folder.mkdir(parents=True, exist_ok=True)
-    fn, params, width = _program(r)
+    fn, params, width = _program(r, params)
     eos = getattr(r.tokenizer, "eos_id", -1)
     start = time.perf_counter()
     for done, k in enumerate(missing, 1):
@@ -102,14 +104,12 @@ def _generate(r, train_docs, folder: Path, paths: list[Path], missing: list[int]
 _KEY = jax.random.PRNGKey(0)  # greedy: the key is never used for a choice
 
 
-def _program(r):
+def _program(r, params: dict):
     """The jitted greedy generate program of `data.generated.model` at the generation batch,
-    its params (initial weights, packed for the CPU kernel where it runs) and prompt width."""
+    the params it takes (packed for the CPU kernel where it runs) and the prompt width."""
     from compiler.decode.backend import choose, prepare
     from compiler.ir import DecodeIR
     from compiler.sharding import Sharder, generate_program
-
-    from .run import initial_params
 
     g = r.spec.data.generated
     sh = Sharder.for_run(r.prog)
@@ -131,7 +131,7 @@ def _program(r):
             f"data.generated: prompt_tokens {g.prompt_tokens} + new_tokens {g.new_tokens} do not "
             f"fit shapes.max_len {r.prog.max_len}; raise max_len or lower them"
         )
-    params = prepare(initial_params(r), r.prog, decode, backend)
+    params = prepare(params, r.prog, decode, backend)
     if not backend.packed:
         params = sh.put(params, sh.params(params))
     fn = generate_program(r.prog, decode, sh, batch=g.batch, packed=backend.packed)
@@ -170,15 +170,6 @@ def build_prompts(r, train_docs: list[Path]) -> list[str]:
     return code[: g.code_prompts] + chat[: g.chat_prompts]
 
 
-def code_before_def(tokenizer, lines: list[str], i: int, max_tokens: int) -> str | None:
-    """Line i (a `def`) and as many whole lines before it as fit in max_tokens, or None."""
-    start = i
-    while start > 0 and len(tokenizer.encode("".join(lines[start - 1 : i + 1]))) <= max_tokens:
-        start -= 1
-    text = "".join(lines[start : i + 1])
-    return text if len(tokenizer.encode(text)) <= max_tokens else None
-
-
 def _code_prompt(tokenizer, text: str, rng, max_tokens: int) -> list[str]:
     lines = text.splitlines(keepends=True)
     defs = [i for i, line in enumerate(lines) if line.lstrip().startswith("def ") and i > 8]
@@ -197,8 +188,6 @@ _REQUESTS = (
 
 def _chat_prompt(tokenizer, text: str, rng, max_tokens: int) -> list[str]:
     """One chat request about a documented public function of the file, or none."""
-    from .bench import chat_prompt
-
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):

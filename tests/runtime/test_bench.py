@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from compiler.ir import DecodeIR
-from runtime import bench, run
+from runtime import bench, prompts, run
 
 SPEC = """
 tandem: 1
@@ -81,7 +81,7 @@ def test_bench_rows_are_lossless_and_saved(r):
 
 def test_chat_prompts_need_a_chat_template(r):
     with pytest.raises(run.UserError, match="chat template"):
-        bench.chat_prompt(r.tokenizer, "hi")
+        prompts.chat_prompt(r.tokenizer, "hi")
 
     class ChatML:
         chat_template = (
@@ -89,7 +89,7 @@ def test_chat_prompts_need_a_chat_template(r):
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
         )
 
-    text = bench.chat_prompt(ChatML(), "hi")
+    text = prompts.chat_prompt(ChatML(), "hi")
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 

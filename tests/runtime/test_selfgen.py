@@ -19,9 +19,13 @@ def _open(run_dir, *overrides, log=None):
     return run.open_run(MINI, [GEN, *overrides], run_dir=run_dir, log=log or (lambda *a: None))
 
 
+def _docs(r):
+    return generated_documents(r, run.initial_params(r), r.log)
+
+
 def test_generated_text_is_the_models_greedy_continuation(tmp_path):
     r = _open(tmp_path)
-    paths = generated_documents(r, r.log)
+    paths = _docs(r)
     assert len(paths) == 2 and all(p.suffix == ".ids" for p in paths)
     prompts = build_prompts(r, SpecData(r.spec, r.tokenizer).train_docs)
     assert len(prompts) == 6 and all("def " in p for p in prompts)
@@ -36,18 +40,17 @@ def test_generated_text_is_the_models_greedy_continuation(tmp_path):
 def test_reused_while_unchanged_regenerated_when_anything_changes(tmp_path):
     said = []
     r = _open(tmp_path, log=said.append)
-    paths = generated_documents(r, r.log)
+    paths = _docs(r)
     assert any("0 of 2 batches already there" in s for s in said)
     said.clear()
-    assert generated_documents(r, r.log) == paths and not said  # reused, silently correct
+    assert _docs(r) == paths and not said  # reused: nothing generated
     paths[1].unlink()  # an interrupted generation resumes at the missing batch
-    assert generated_documents(r, r.log) == paths
+    assert _docs(r) == paths
     assert any("1 of 2 batches already there" in s for s in said)
-    other = _open(tmp_path, "data.generated.new_tokens=4")
-    changed = generated_documents(other, other.log)
+    changed = _docs(_open(tmp_path, "data.generated.new_tokens=4"))
     assert changed[0].parent != paths[0].parent  # new settings: a new folder, nothing reused
-    changed_model = _open(tmp_path, "models.large.n_heads=8")
-    assert generated_documents(changed_model)[0].parent not in (paths[0].parent, changed[0].parent)
+    other_model = _docs(_open(tmp_path, "models.large.n_heads=8"))
+    assert other_model[0].parent not in (paths[0].parent, changed[0].parent)
 
 
 @pytest.mark.parametrize("share", [0.5, 1.0])
