@@ -16,16 +16,10 @@ import jax.numpy as jnp
 
 from . import nn
 from .artifacts import ProgramDef
-from .ir import ProgramIR, TrainStageIR
+from .ir import ProgramIR
+from .shapes import KEY, abstract_params, train_state_shape
 from .sharding import Sharder, sharded_generate, sharded_prefill
 from .sharding import train_step_program as sharded_train_step
-
-KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
-
-
-def abstract_params(prog: ProgramIR):
-    """Parameter shapes without allocating them."""
-    return jax.eval_shape(lambda k: nn.init_params(prog, k), KEY)
 
 
 def _i32(*shape):
@@ -34,12 +28,6 @@ def _i32(*shape):
 
 def _cache(cfg, batch, max_len):
     return jax.eval_shape(lambda: nn.init_cache(cfg, batch, max_len))
-
-
-def train_state_shape(prog: ProgramIR, stage: TrainStageIR, params):
-    from .train import init_train_state
-
-    return jax.eval_shape(lambda p: init_train_state(prog, stage, p), params)
 
 
 def _key(sh: Sharder):

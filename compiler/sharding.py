@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from .ir import MeshIR, ProgramIR, TrainStageIR
 from .router.features import ROUTER
+from .shapes import abstract_params, train_state_shape
 
 MESH_AXES = ("data", "model")
 
@@ -455,8 +456,6 @@ _GENERATE_CACHE: dict = {}
 def _generate_jit(cfg, mesh, rules, batch, options, prog, packed):
     key = (cfg, mesh, rules, batch, options, packed)
     if key not in _GENERATE_CACHE:
-        from .programs import abstract_params
-
         sh = Sharder(mesh, rules)
         if packed:  # one device: one sharding for the whole tree, whatever its leaves
             params_sh = sh.replicated
@@ -477,8 +476,6 @@ def _generate_jit(cfg, mesh, rules, batch, options, prog, packed):
 def summary(prog: ProgramIR, sh: Sharder) -> dict:
     """What `tandemc compile` prints: the mesh, every parameter group's sharding, and bytes
     per device of the parameters, each stage's train state and the decode KV caches."""
-    from .programs import abstract_params, train_state_shape
-
     params = abstract_params(prog)
     params_sh = sh.params(params)
     out: dict = {

@@ -170,9 +170,13 @@ def cmd_run(args) -> int:
         report.print_generation(r, prompts, g)
         out["generate"] = {"texts": g.texts, "seconds": g.seconds, **g.stats}
     if stage == "train-router":
-        out["router"] = run.train_router(r)
+        from runtime import router
+
+        out["router"] = router.train_router(r)
     if stage == "bench-rules":
-        out["bench_rules"] = run.bench_rules(r)  # batch: shapes.batch
+        from runtime import router
+
+        out["bench_rules"] = router.bench_rules(r, batch=r.prog.batch)
     if stage == "eval":
         out["eval"] = run.evaluate_stages(r)
         report.print_eval(out["eval"])

@@ -381,7 +381,7 @@ def generate(
     decode = with_eos(r, decode)
     params, backend = decode_params(r, decode)
     tokens, lens = encode_prompts(r, prompts, decode)
-    from .router import spec_stop_rule
+    from .stop_rule import spec_stop_rule
 
     rule, router = spec_stop_rule(r, decode, params, len(prompts), tokens.shape[1])
     if router is not None:
@@ -469,20 +469,3 @@ def compare(r: Run, prompts: list[str], repeats: int = 3) -> dict:
         "text": ours.texts,
         "baseline_text": base.texts,
     }
-
-
-# --- adaptive block length ----------------------------------------------------------------
-
-
-def train_router(r: Run) -> dict:
-    """Collect router data with the trained tandem, fit it, report (`runtime.router`)."""
-    from .router import train_router as _train
-
-    return _train(r)
-
-
-def bench_rules(r: Run, batch: int | None = None) -> dict:
-    """Every stop rule side by side on the same prompts (`runtime.router`)."""
-    from .router import bench_rules as _bench
-
-    return _bench(r, batch=batch or r.prog.batch)

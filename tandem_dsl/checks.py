@@ -18,7 +18,7 @@ from .source import Doc
 
 # Names become folder and file names (runs/<name>/<stage>/...) and parameter keys.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-RESERVED_STAGE_NAMES = ("generated",)  # other entries of a run directory
+RESERVED_STAGE_NAMES = ("generated", "router")  # other entries of a run directory
 LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab")
 CHECKS: list[Callable[[Context], None]] = []
 

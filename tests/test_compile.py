@@ -12,7 +12,7 @@ from compiler import nn
 from compiler.artifacts import load_exported
 from compiler.build import build_ir, format_ir
 from compiler.driver import compile_spec
-from compiler.programs import abstract_params
+from compiler.shapes import abstract_params
 from runtime.cli import main
 from tandem_dsl import api
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from compiler.ir import DecoderIR
 
 from . import gguf_io, hf_io
+from .catalog import hint_for
 from .layout import check_architecture, to_params
 
 KINDS = ("gguf", "safetensors")
@@ -33,8 +34,6 @@ def _module(kind: str):
 
 
 def _missing(kind: str, path: Path, exc: FileNotFoundError) -> ValueError:
-    from runtime.pull import hint_for
-
     what = "a .gguf file" if kind == "gguf" else "a directory with config.json and *.safetensors"
     where = exc.filename or (exc.args[0] if exc.args else path)
     msg = f"{kind} weights not found: {where} does not exist; init.path must be {what}"

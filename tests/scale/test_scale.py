@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from compiler.build import build_ir
 from compiler.driver import compile_spec
 from compiler.ir import MeshIR
-from compiler.programs import abstract_params
+from compiler.shapes import abstract_params
 from compiler.sharding import DEFAULT_RULES, Sharder, ShardingError, mesh_sizes
 from runtime.cli import main
 from tandem_dsl import api
