@@ -115,3 +115,17 @@ def _noisy(tree, noise, key):
 # jitted teacher-forced references (the configs are static)
 forward = jax.jit(decoder_forward, static_argnums=(1,))
 teacher_forced = jax.jit(tandem_forward, static_argnums=(2, 3))
+
+
+def cyclic_large(params):
+    """M_L as a bigram model: next token = (t + 1) mod 7 for t < 7 (embedding and head)."""
+    big = jax.tree.map(lambda x: x, params["large"])
+    for name, layer in big.items():
+        if name.startswith("layers_"):
+            layer["attn"]["wo"] = jnp.zeros_like(layer["attn"]["wo"])
+            layer["mlp"]["w_down"] = jnp.zeros_like(layer["mlp"]["w_down"])
+    d = big["embed"]["tokens"].shape[1]
+    emb = jax.random.normal(jax.random.key(3), (VOCAB, d))
+    head = jnp.zeros((d, VOCAB)).at[:, (jnp.arange(7) + 1) % 7].set(10 * emb[:7].T)
+    big["embed"]["tokens"], big["lm_head"]["w"] = emb, head
+    return {**params, "large": big}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from decode_fixtures import (
-    VOCAB,
+    cyclic_large,
     decode_ir,
     forward,
     generator,
@@ -86,23 +86,9 @@ def test_greedy_hybrid_adaptive_equals_autoregressive():
     assert st.lookup_rounds.sum() > 0 and (st.rounds - st.lookup_rounds).sum() > 0
 
 
-def _cyclic_large(params):
-    """M_L as a bigram model: next token = (t + 1) mod 7 for t < 7 (embedding and head)."""
-    big = jax.tree.map(lambda x: x, params["large"])
-    for name, layer in big.items():
-        if name.startswith("layers_"):
-            layer["attn"]["wo"] = jnp.zeros_like(layer["attn"]["wo"])
-            layer["mlp"]["w_down"] = jnp.zeros_like(layer["mlp"]["w_down"])
-    d = big["embed"]["tokens"].shape[1]
-    emb = jax.random.normal(jax.random.key(3), (VOCAB, d))
-    head = jnp.zeros((d, VOCAB)).at[:, (jnp.arange(7) + 1) % 7].set(10 * emb[:7].T)
-    big["embed"]["tokens"], big["lm_head"]["w"] = emb, head
-    return {**params, "large": big}
-
-
 def test_model_does_not_run_when_every_row_matches():
     prog = program("tandem")
-    params = _cyclic_large(params_for(prog))
+    params = cyclic_large(params_for(prog))
     cfg = loop_config(prog, hybrid_ir(gamma=3, n=1, max_new=20))
 
     @jax.jit

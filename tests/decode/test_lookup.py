@@ -10,7 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from decode_fixtures import VOCAB, decode_ir, generator, params_for, program, prompts, rows
+from decode_fixtures import (
+    cyclic_large,
+    decode_ir,
+    generator,
+    params_for,
+    program,
+    prompts,
+    rows,
+)
 
 from compiler.decode.lookup import lookup
 from compiler.decode.programs import loop_config
@@ -82,18 +90,7 @@ def test_greedy_lookup_equals_autoregressive(gamma, lens_p):
 def test_repetitive_prompt_is_accepted():
     """A large model that copies a cycle: the drafts from the prompt are nearly all accepted."""
     prog = program("tandem")
-    params = params_for(prog)
-    # make M_L a bigram model: next token = (t + 1) mod 7 for t < 7, via the embedding and head
-    big = jax.tree.map(lambda x: x, params["large"])
-    for name, layer in big.items():
-        if name.startswith("layers_"):
-            layer["attn"]["wo"] = jnp.zeros_like(layer["attn"]["wo"])
-            layer["mlp"]["w_down"] = jnp.zeros_like(layer["mlp"]["w_down"])
-    d = big["embed"]["tokens"].shape[1]
-    emb = jax.random.normal(jax.random.key(3), (VOCAB, d))
-    head = jnp.zeros((d, VOCAB)).at[:, (jnp.arange(7) + 1) % 7].set(10 * emb[:7].T)
-    big["embed"]["tokens"], big["lm_head"]["w"] = emb, head
-    params = {**params, "large": big}
+    params = cyclic_large(params_for(prog))
     prompt = jnp.asarray([[0, 1, 2, 3, 4, 5, 6, 0, 1, 2]], jnp.int32)
     lens = jnp.asarray([10], jnp.int32)
     ar = generator(prog, decode_ir("autoregressive", max_new=32))(params, prompt, lens, KEY)
