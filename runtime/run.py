@@ -72,8 +72,7 @@ def open_run(
     except ValueError as e:
         raise UserError(str(e)) from None
     run_dir = Path(run_dir) if run_dir else Path("runs") / spec.name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} is a file; pass a folder with --run-dir")
+    _not_a_file(run_dir)
     try:
         tokenizer = _tokenizer(spec, run_dir, log)
     except ValueError as e:
@@ -108,11 +107,15 @@ def run_lock(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _not_a_file(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file; pass a folder with --run-dir")
+
+
 def ensure_writable(run_dir: Path) -> None:
     """Before work that writes into the run directory: it is (or can be made) a writable
     folder, so no finished work is lost to a write error at its end."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} is a file; pass a folder with --run-dir")
+    _not_a_file(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=run_dir):
