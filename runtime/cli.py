@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        hint = f"\n  hint: {e.hint}" if e.hint else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

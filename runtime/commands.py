@@ -27,6 +27,12 @@ def cmd_compile(args) -> int:
         )
     if args.devices is not None and args.devices < 1:
         raise UserError(f"--devices {args.devices}: give a device count >= 1")
+    if args.out:
+        from pathlib import Path
+
+        from runtime.run import ensure_writable
+
+        ensure_writable(Path(args.out), "output folder", "--out")
 
     def log(stage, seconds, summary):
         console.print(f"[bold]{stage:>8}[/bold] {seconds * 1000:8.1f} ms  {summary}")
@@ -92,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 RUN_STAGES = ("train", "generate", "eval", "bench", "train-router", "bench-rules")
+MAX_PROMPT_BYTES = 1 << 20
 DEFAULT_PROMPT = 'def read_config(path):\n    """Read a configuration file and return a dict."""\n'
 
 
@@ -101,7 +108,13 @@ def _prompts(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompt_file:
         try:
-            prompts.append(open(args.prompt_file, encoding="utf-8").read())
+            with open(args.prompt_file, "rb") as f:
+                data = f.read(MAX_PROMPT_BYTES + 1)  # bounded: /dev/zero is a file too
+            if len(data) > MAX_PROMPT_BYTES:
+                raise UserError(
+                    f"prompt file {args.prompt_file} is larger than {MAX_PROMPT_BYTES >> 20} MiB"
+                )
+            prompts.append(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise UserError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
         except OSError as e:
@@ -124,7 +137,10 @@ def _json_output(path: str | None):
     if path is None:
         return lambda out: None
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+    special = os.path.exists(path) and not os.path.isfile(path)  # /dev/stdout, a pipe
+    if os.path.isdir(path) or (
+        not special and (not os.path.isdir(folder) or not os.access(folder, os.W_OK))
+    ):
         raise UserError(f"cannot write --json {path}: give a file in an existing, writable folder")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UserError(f"cannot write --json {path}: the file is read-only")
@@ -132,6 +148,10 @@ def _json_output(path: str | None):
     def write(out: dict) -> None:
         text = json.dumps(out, indent=2)
         try:
+            if special:  # written in place, never replaced
+                with open(path, "w") as f:
+                    f.write(text)
+                return
             tmp = f"{path}.tmp"
             with open(tmp, "w") as f:
                 f.write(text)
@@ -151,9 +171,24 @@ def cmd_run(args) -> int:
     stage, overrides = None, list(args.rest)
     if overrides and overrides[0] in RUN_STAGES:
         stage = overrides.pop(0)
+    elif overrides and not overrides[0].startswith(("+", "~")) and "=" not in overrides[0]:
+        from runtime.errors import UserError
+
+        raise UserError(
+            f"unknown stage '{overrides[0]}'",
+            hint=f"stages: {', '.join(RUN_STAGES)} (or none: train, then compare); overrides "
+            "are written key.path=value",
+        )
     write_json = _json_output(args.json)
     prompts = _prompts(args)
     r = run.open_run(args.spec, overrides, args.run_dir, log=report.console.print)
+    with run.located(r.doc):
+        return _run_stage(args, r, stage, prompts, write_json)
+
+
+def _run_stage(args, r, stage, prompts, write_json) -> int:
+    from runtime import report, run
+
     if stage in ("bench", "train-router", "bench-rules") or (stage is None and r.spec.bench):
         run.ensure_writable(r.run_dir)  # their results go there: fail now, not after the work
     if args.chat:

@@ -14,15 +14,19 @@ from .errors import UserError
 class _Resumable:
     """Prefetched training batches that report the data position of the last batch taken."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, field: tuple = ()):
         self._position = stream.state()
         self._items = Prefetcher(stream.with_state(), depth=2)
+        self._field = field
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        batch, self._position = next(self._items)
+        try:
+            batch, self._position = next(self._items)
+        except ValueError as e:
+            raise UserError(f"training data: {e}", field=self._field) from None
         return batch
 
     def state(self) -> dict:
@@ -62,17 +66,26 @@ class SpecData:
         try:
             docs = list_documents(spec.data.corpus, spec.data.paths)
         except ValueError as e:
-            raise UserError(str(e)) from None
+            raise UserError(
+                str(e), field=("data", "paths" if spec.data.paths else "corpus")
+            ) from None
         self.tokenizer = tokenizer
         self.seed = spec.data.seed
-        self.train_docs, self.val_docs = split_documents(docs, spec.data.val_fraction, self.seed)
+        try:
+            self.train_docs, self.val_docs = split_documents(
+                docs, spec.data.val_fraction, self.seed
+            )
+        except ValueError as e:
+            raise UserError(str(e), field=("data", "val_fraction")) from None
         self.generated = list(generated)
         self.share = spec.data.generated.share if self.generated else 0.0
 
     def _seed(self, stage_seed: int) -> int:
         return zlib.crc32(f"{self.seed}/{stage_seed}".encode())
 
-    def train(self, seq_len: int, batch: int, seed: int, position: dict | None) -> _Resumable:
+    def train(
+        self, seq_len: int, batch: int, seed: int, position: dict | None, field: tuple = ()
+    ) -> _Resumable:
         n_gen = round(self.share * batch)
         sizes = {"generated": n_gen, "corpus": batch - n_gen}
         docs = {"generated": self.generated, "corpus": self.train_docs}
@@ -90,17 +103,27 @@ class SpecData:
                 for name in parts
             }
         except ValueError as e:
-            raise UserError(f"cannot resume the training data: {e}") from None
+            raise UserError(f"cannot resume the training data: {e}", field=field) from None
         if parts == ["corpus"]:
-            return _Resumable(streams["corpus"])
-        return _Resumable(MixedStream(streams))
+            return _Resumable(streams["corpus"], field)
+        return _Resumable(MixedStream(streams), field)
 
-    def validation(self, seq_len: int, batch: int, n_batches: int) -> list:
+    def validation(self, seq_len: int, batch: int, n_batches: int, field: tuple = ()) -> list:
+        """Up to n_batches held-out batches; none with data.val_fraction 0."""
+        if not self.val_docs:
+            return []
         stream = TokenStream(
             self.val_docs, self.tokenizer, seq_len=seq_len, batch=batch, seed=self.seed,
             loop=False, window=1, max_batches=n_batches,
         )  # fmt: skip
-        return list(stream)
+        try:
+            return list(stream)
+        except ValueError as e:
+            raise UserError(
+                f"validation data: {e}",
+                field=field or ("data", "val_fraction"),
+                hint="raise data.val_fraction, add data, or lower this stage's batch or seq_len",
+            ) from None
 
 
 def data_for_spec(spec, tokenizer, generated: list[Path] = ()) -> SpecData:

@@ -2,7 +2,15 @@
 
 
 class UserError(Exception):
-    """A bad prompt, a missing or incompatible checkpoint, an unsupported option, ..."""
+    """A bad prompt, a missing or incompatible checkpoint, an unsupported option, ...
+
+    field: the spec path (("data", "paths", 0)) of the value that caused it, when one did;
+    `runtime.run.located` turns such an error into a diagnostic at that value's file, line
+    and column. hint: what to do about it."""
+
+    def __init__(self, message: str, *, field: tuple | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.field, self.hint = field, hint
 
 
 def optional(module: str, extra: str = "import"):

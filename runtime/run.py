@@ -32,16 +32,20 @@ from compiler.ir import DecodeIR, ProgramIR
 from compiler.router import ROUTER
 from compiler.sharding import Sharder, generate_program, maybe_initialize_distributed
 from tandem_dsl import api
+from tandem_dsl.diagnostics import Collector
+from tandem_dsl.source import path_str
 
 from . import checkpoint
 from .errors import UserError
-from .stage_config import differences, stage_config
+from .memory_budget import check_fits
+from .stage_config import differences, stage_config, upgrade
 from .train import StageResult, train_stage
 
 
 @dataclass
 class Run:
     spec: object
+    doc: object  # the resolved spec document: where each value came from
     prog: ProgramIR
     run_dir: Path
     tokenizer: object
@@ -65,7 +69,8 @@ def open_run(
     if distributed is None:
         distributed = os.environ.get("TANDEM_DISTRIBUTED", "") == "1"
     maybe_initialize_distributed(distributed)
-    spec = api.load(spec_path, overrides)
+    loaded = api.load_checked(spec_path, overrides)
+    spec = loaded.spec
     prog = build_ir(spec)
     try:
         Sharder.for_run(prog)  # an impossible mesh fails here, before any work
@@ -73,11 +78,27 @@ def open_run(
         raise UserError(str(e)) from None
     run_dir = Path(run_dir) if run_dir else Path("runs") / spec.name
     _not_a_file(run_dir)
+    with located(loaded.doc):
+        check_fits(prog, train=False)
+        try:
+            tokenizer = _tokenizer(spec, run_dir, log)
+        except ValueError as e:
+            raise UserError(str(e), field=("tokenizer",)) from None
+    return Run(spec, loaded.doc, prog, run_dir, tokenizer, log)
+
+
+@contextlib.contextmanager
+def located(doc):
+    """A UserError caused by one spec value becomes a diagnostic at that value (file, line,
+    column, the spec path and the hint)."""
     try:
-        tokenizer = _tokenizer(spec, run_dir, log)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    return Run(spec, prog, run_dir, tokenizer, log)
+        yield
+    except UserError as e:
+        if e.field is None:
+            raise
+        errors = Collector("run")
+        errors.error("E-RUN", str(e), doc.origin(e.field), path_str(e.field), e.hint)
+        errors.raise_if_any()
 
 
 @contextlib.contextmanager
@@ -107,23 +128,23 @@ def run_lock(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _not_a_file(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} is a file; pass a folder with --run-dir")
+def _not_a_file(folder: Path, what: str = "run directory", flag: str = "--run-dir") -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file; pass a folder with {flag}")
 
 
-def ensure_writable(run_dir: Path) -> None:
-    """Before work that writes into the run directory: it is (or can be made) a writable
-    folder, so no finished work is lost to a write error at its end."""
-    _not_a_file(run_dir)
+def ensure_writable(folder: Path, what: str = "run directory", flag: str = "--run-dir") -> None:
+    """Before work that writes into a folder (the run directory, compile's --out): it is (or
+    can be made) a writable folder, so no finished work is lost to a write error at its end."""
+    _not_a_file(folder, what, flag)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
         raise UserError(
-            f"cannot write into the run directory {run_dir} ({e.strerror or e}); pass a "
-            "writable folder with --run-dir"
+            f"cannot write into the {what} {folder} ({e.strerror or e}); pass a writable "
+            f"folder with {flag}"
         ) from None
 
 
@@ -198,7 +219,7 @@ def _check_trained(r: Run, index: int, info: dict) -> None:
     recorded, config = info.get("config"), stage_config(r.spec, r.prog, index)
     if recorded is None:
         r.log(f"warning: stage '{stage.name}' records no config (an older tandem-dsl wrote it)")
-    changes = [] if recorded is None else differences(recorded, config)
+    changes = [] if recorded is None else differences(upgrade(recorded), config)
     if info["steps"] != stage.steps:
         changes.append(f"steps: {info['steps']} -> {stage.steps}")
     if changes:
@@ -256,6 +277,7 @@ def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[St
     a time trains in a run directory (a lock held while it runs)."""
     unfinished = any(not (r.run_dir / s.name / "final.json").exists() for s in r.prog.train)
     if unfinished:
+        check_fits(r.prog, train=True)
         ensure_writable(r.run_dir)
     with run_lock(r.run_dir):
         return _train(r, progress, stop_after_steps, unfinished)
@@ -275,8 +297,12 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
             stage,
             params,
             r.run_dir / stage.name,
-            lambda position, s=stage: data.train(s.seq_len, s.batch, s.seed, position),
-            lambda s=stage: data.validation(s.seq_len, s.batch, s.eval_batches),
+            lambda position, s=stage, i=i: data.train(
+                s.seq_len, s.batch, s.seed, position, field=("train", i)
+            ),
+            lambda s=stage, i=i: data.validation(
+                s.seq_len, s.batch, s.eval_batches, field=("train", i, "batch")
+            ),
             progress=progress(stage) if progress else None,
             stop_after_steps=stop_after_steps,
             meta={"spec": api.to_yaml(r.spec)},
@@ -304,10 +330,12 @@ def evaluate_stages(r: Run) -> dict:
     params = trained_params(r, require=True)
     sh = Sharder.for_run(r.prog)
     out = {}
-    for stage in r.prog.train:
+    for i, stage in enumerate(r.prog.train):
         state = init_train_state(r.prog, stage, params)
         _, eval_step, state_sh, batch_sh = train_step_program(r.prog, stage, sh, state)
-        batches = data.validation(stage.seq_len, stage.batch, stage.eval_batches)
+        batches = data.validation(
+            stage.seq_len, stage.batch, stage.eval_batches, field=("train", i, "batch")
+        )
         batches = [sh.put(b, batch_sh) for b in batches]
         out[stage.name] = evaluate(eval_step, sh.put(state, state_sh), batches)
     return out

@@ -44,8 +44,11 @@ def stage_config(spec, prog: ProgramIR, index: int) -> dict:
     models = {}
     for m in prog.models:
         if m.name in read:
-            init = spec.models[m.name].init
-            models[m.name] = {**dataclasses.asdict(m), "init": dataclasses.asdict(init)}
+            shape = dataclasses.asdict(m)
+            if m.pos != "learned":  # the decode cache length shapes no rope weight
+                del shape["max_len"]
+            init = dataclasses.asdict(spec.models[m.name].init)
+            models[m.name] = {**shape, "init": init}
     wirings = [dataclasses.asdict(w) for w in prog.wirings if w.query in read]
     before = {}
     for earlier in prog.train[:index]:
@@ -67,6 +70,16 @@ def stage_config(spec, prog: ProgramIR, index: int) -> dict:
 
 def fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def upgrade(recorded: dict) -> dict:
+    """A config recorded by an older tandem-dsl, in today's form: it listed the decode cache
+    length (max_len) of rope models, which no weight depends on."""
+    models = {
+        name: {k: v for k, v in m.items() if k != "max_len" or m.get("pos") == "learned"}
+        for name, m in recorded.get("models", {}).items()
+    }
+    return {**recorded, "models": models}
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

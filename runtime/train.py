@@ -34,7 +34,7 @@ from compiler.train import all_params, init_train_state
 
 from . import checkpoint
 from .errors import UserError
-from .stage_config import differences, only_resumable
+from .stage_config import differences, only_resumable, upgrade
 
 
 class TrainingDiverged(UserError):
@@ -184,9 +184,11 @@ def train_stage(
                 timed_from, timed_tokens = time.perf_counter(), tokens
             if not math.isfinite(loss):
 
-                def good(path: Path, start_loss: float) -> bool:
+                probe = val[0] if val else batch  # data.val_fraction 0: no held-out data
+
+                def good(path: Path, start_loss: float, probe=probe) -> bool:
                     restored, _ = checkpoint.restore(path, template)
-                    value = float(eval_step(sh.put(restored, state_sh), val[0])["loss"])
+                    value = float(eval_step(sh.put(restored, state_sh), probe)["loss"])
                     sane = math.isfinite(value) and value <= start_loss
                     return sane and _sane_weights(restored["params"], template["params"])
 
@@ -198,7 +200,7 @@ def train_stage(
             if progress is not None:
                 elapsed = time.perf_counter() - timed_from
                 progress(step, stage.steps, loss, (tokens - timed_tokens) / max(elapsed, 1e-9))
-            if step % stage.eval_every == 0 or step == stage.steps:
+            if val and (step % stage.eval_every == 0 or step == stage.steps):
                 last_metrics = evaluate(eval_step, state, val)
                 log.write(json.dumps({"kind": "eval", "step": step, **last_metrics}) + "\n")
                 log.flush()
@@ -237,7 +239,7 @@ def _same_config(stage, stage_dir: Path, recorded, config, log, finished: bool) 
             "as it is; delete it to retrain under the current rules"
         )
         return
-    changes = differences(recorded, config)
+    changes = differences(upgrade(recorded), config)
     if not changes:
         return
     listed = "\n  ".join(changes[:12]) + ("\n  ..." if len(changes) > 12 else "")

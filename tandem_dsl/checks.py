@@ -86,7 +86,10 @@ def embed_init(ctx: Context):
             continue
         if src == name:
             ctx.error(
-                "E-CHECK-EMBED-INIT", f"model '{name}' cannot take its embeddings from itself", p
+                "E-CHECK-EMBED-INIT",
+                f"model '{name}' cannot take its embeddings from itself",
+                p,
+                "name another (wider) model, e.g. the large one, or remove embed_from",
             )
         elif _vocab(ctx, src) != _vocab(ctx, name):
             ctx.error(
@@ -94,6 +97,7 @@ def embed_init(ctx: Context):
                 f"'{name}' (vocab {_vocab(ctx, name)}) cannot start from the embeddings of "
                 f"'{src}' (vocab {_vocab(ctx, src)})",
                 p,
+                "give both models the same vocab, or remove embed_from",
             )
         elif ctx.spec.models[src].d_model < m.d_model:
             ctx.error(
@@ -101,6 +105,7 @@ def embed_init(ctx: Context):
                 f"'{src}' has d_model {ctx.spec.models[src].d_model}, fewer than the "
                 f"{m.d_model} of '{name}': embeddings can only be reduced",
                 p,
+                "take the embeddings from a model at least as wide, or remove embed_from",
             )
 
 
@@ -120,6 +125,7 @@ def heads(ctx: Context):
                 "E-CHECK-ROPE-DIM",
                 f"RoPE needs an even head dimension, got {m.d_model // m.n_heads}",
                 p + ("n_heads",),
+                "pick n_heads so that d_model / n_heads is even, or use pos: learned",
             )
         if m.n_heads % m.n_kv_heads:
             ctx.error(
@@ -157,6 +163,7 @@ def wiring(ctx: Context):
                 "E-CHECK-WIRING-DUP",
                 f"model '{w.query}' is wired twice (also in wiring[{seen[w.query]}])",
                 p + ("query",),
+                "keep one wiring per small model (it may read several layers through `layers`)",
             )
         seen[w.query] = i
         if w.kind == "none":
@@ -181,7 +188,12 @@ def wiring(ctx: Context):
         if missing or not ctx.model_ref(w.memory, p + ("memory",)):
             continue
         if w.memory == w.query:
-            ctx.error("E-CHECK-WIRING-SELF", "a model cannot read itself", p + ("memory",))
+            ctx.error(
+                "E-CHECK-WIRING-SELF",
+                "a model cannot read itself",
+                p + ("memory",),
+                "memory names the large model that the query model reads",
+            )
             continue
         _check_projection(ctx, w, p)
         if w.block_max is not None and w.block_max < w.block:
@@ -189,7 +201,19 @@ def wiring(ctx: Context):
                 "E-CHECK-BLOCK",
                 f"block_max {w.block_max} is smaller than block {w.block}",
                 p + ("block_max",),
+                f"set block_max >= {w.block}, or remove it for a fixed block",
             )
+        longest = max((w.block, w.block_max or 0))
+        for stage in ctx.spec.train:
+            if w.query in stage.trainable and longest >= stage.seq_len:
+                ctx.error(
+                    "E-CHECK-BLOCK",
+                    f"block {longest} is not shorter than stage '{stage.name}''s seq_len "
+                    f"{stage.seq_len}: '{w.query}' would never read a block of '{w.memory}'",
+                    p + ("block_max" if w.block_max and w.block_max > w.block else "block",),
+                    "use a block well below seq_len (the paper trains with 2 or 3)",
+                )
+                break
         if w.layers is not None:
             try:
                 layer_map(ctx.spec, w)
@@ -283,6 +307,7 @@ def training(ctx: Context):
                     "E-CHECK-FROZEN",
                     f"model '{name}' is frozen (trainable: false) but listed as trainable",
                     p + ("trainable", j),
+                    f"remove '{name}' from this list, or set models.{name}.trainable: true",
                 )
         obj = stage.objective
         if obj.model is not None:
@@ -299,8 +324,10 @@ def training(ctx: Context):
             if student in ctx.spec.models and _vocab(ctx, student) != _vocab(ctx, obj.teacher):
                 ctx.error(
                     "E-CHECK-VOCAB",
-                    f"teacher '{obj.teacher}' and student '{student}' have different vocabularies",
+                    f"teacher '{obj.teacher}' (vocab {_vocab(ctx, obj.teacher)}) and student "
+                    f"'{student}' (vocab {_vocab(ctx, student)}) have different vocabularies",
                     p + ("objective", "teacher"),
+                    "distillation compares token distributions: give both models the same vocab",
                 )
         if stage.seq_len > ctx.spec.shapes.max_len:
             ctx.error(
@@ -324,7 +351,10 @@ def decoding(ctx: Context):
     if d.policy != "autoregressive" or d.target is not None:
         if d.target is None:
             ctx.error(
-                "E-CHECK-DECODE-MISSING", f"policy {d.policy} needs a target", p + ("policy",)
+                "E-CHECK-DECODE-MISSING",
+                f"policy {d.policy} needs a target",
+                p + ("policy",),
+                "add `target: large` (the model whose output decoding reproduces)",
             )
         elif not ctx.model_ref(d.target, p + ("target",)):
             return
@@ -346,9 +376,15 @@ def decoding(ctx: Context):
                 "E-CHECK-STANDALONE",
                 f"standalone decoding needs a tandem-wired draft; '{d.draft}' is not wired",
                 p + ("draft",),
+                "draft with a model that has a kind: tandem wiring, or use policy: speed",
             )
     elif d.draft is not None and not isinstance(d.draft, str) and d.policy == "standalone":
-        ctx.error("E-CHECK-STANDALONE", "standalone decoding needs a model draft", p + ("draft",))
+        ctx.error(
+            "E-CHECK-STANDALONE",
+            "standalone decoding needs a model draft",
+            p + ("draft",),
+            "name a tandem-wired small model, or use policy: speed for prompt lookup",
+        )
     if d.draft_vocab:
         _draft_vocab(ctx, d, p + ("draft_vocab",))
     if d.lookup and (d.policy not in ("speed", "adaptive") or not isinstance(d.draft, str)):
@@ -367,6 +403,7 @@ def decoding(ctx: Context):
             "E-CHECK-GAMMA",
             f"gamma {longest} must be below shapes.max_len {max_len}",
             p + ("gamma",),
+            "drafts of 2-8 tokens are typical; raise shapes.max_len only for long outputs",
         )
     elif d.max_new_tokens + longest + 1 >= max_len:
         ctx.error(
@@ -392,6 +429,7 @@ def _draft_vocab(ctx: Context, d, path) -> None:
             "draft_vocab restricts a draft model's proposals; it needs policy speed or adaptive "
             "with a model draft (standalone would change the output)",
             path,
+            "remove draft_vocab, or use policy: speed with draft: <model>",
         )
     elif d.draft in ctx.spec.models and d.draft_vocab > _vocab(ctx, d.draft):
         ctx.error(
@@ -410,6 +448,7 @@ def _same_vocab_as_target(ctx: Context, role: str, name: str, target: str, path)
             f"{role} '{name}' (vocab {_vocab(ctx, name)}) and target '{target}' "
             f"(vocab {_vocab(ctx, target)}) must share a vocabulary",
             path,
+            f"set models.{name}.vocab to {_vocab(ctx, target)}",
         )
 
 
@@ -434,6 +473,7 @@ def bench(ctx: Context):
                 f"gamma {g} must be >= 1 and leave room for max_new_tokens {d.max_new_tokens} "
                 f"in shapes.max_len {ctx.spec.shapes.max_len}",
                 p + ("gammas", i),
+                "use draft lengths such as [2, 4, 6]",
             )
     if b.drafter is not None and ctx.model_ref(b.drafter, p + ("drafter",)):
         _same_vocab_as_target(ctx, "drafter", b.drafter, d.target, p + ("drafter",))
@@ -465,6 +505,7 @@ def sharding(ctx: Context):
                 "E-CHECK-SHARDING-RULE",
                 f"a sharding rule is a pair [logical axis, mesh axis], got {len(rule)} items",
                 p,
+                "write e.g. [mlp, model] or [vocab, null]",
             )
             continue
         logical, mesh_axis = rule

@@ -187,7 +187,13 @@ def _syntax_error(text: str, e: UnexpectedInput, start: str) -> ExprError:
     assert isinstance(e, UnexpectedToken | UnexpectedEOF)
     expected = _expected(text, len(text), start, set(e.expected))
     msg = f"unexpected end of expression; expected {expected}"
-    return ExprError("E-EXPR-SYNTAX", msg, len(text), len(text) + 1)
+    return ExprError(
+        "E-EXPR-SYNTAX",
+        msg,
+        len(text),
+        len(text) + 1,
+        "the expression stops too early: complete it",
+    )
 
 
 def _build(t: Any) -> Any:
@@ -201,7 +207,7 @@ def _build(t: Any) -> Any:
     if kind == "num":
         if len(kids[0]) > 1 and kids[0].startswith("0"):
             msg = f"integer literals cannot have leading zeros: {str(kids[0])!r}"
-            raise ExprError("E-EXPR-SYNTAX", msg, *span)
+            raise ExprError("E-EXPR-SYNTAX", msg, *span, f"write {int(kids[0])}")
         return Num(int(kids[0]), *span)
     if kind == "ref":
         return Ref(".".join(str(k) for k in kids if k.type in ("NAME", "INT")), *span)
@@ -238,7 +244,9 @@ def parse(text: str, kind: str = "any") -> Expr:
     except UnexpectedInput as e:
         raise _syntax_error(text, e, start) from None
     except RecursionError:
-        raise ExprError("E-EXPR-SYNTAX", "expression is nested too deeply", 0, len(text)) from None
+        raise ExprError(
+            "E-EXPR-SYNTAX", "expression is nested too deeply", 0, len(text), "simplify it"
+        ) from None
 
 
 def _node(text_or_expr: str | Expr, kind: str) -> Expr:
@@ -313,11 +321,13 @@ def evaluate(text_or_expr: str | Expr, lookup: Lookup) -> int:
             value = lookup(node.path)
         except KeyError:
             hint = "references are absolute paths, e.g. ${models.small.n_layers}"
+            if "." in node.path:
+                hint = "check the path: each part must be a key of the spec (models.<name>.d_model)"
             msg = f"unknown reference ${{{node.path}}}"
-            raise _span_error("E-EXPR-REF", msg, node, None if "." in node.path else hint) from None
+            raise _span_error("E-EXPR-REF", msg, node, hint) from None
         if isinstance(value, bool) or not isinstance(value, int):
             msg = f"${{{node.path}}} is {type(value).__name__} {value!r}, expected an integer"
-            raise _span_error("E-EXPR-TYPE", msg, node)
+            raise _span_error("E-EXPR-TYPE", msg, node, "refer to an integer field")
         return value
     if isinstance(node, Neg):
         return -evaluate(node.operand, lookup)
@@ -325,9 +335,10 @@ def evaluate(text_or_expr: str | Expr, lookup: Lookup) -> int:
         left, right = evaluate(node.left, lookup), evaluate(node.right, lookup)
         if right == 0 and node.op in ("//", "%"):
             msg = "division by zero" if node.op == "//" else "modulo by zero"
-            raise _span_error("E-EXPR-VALUE", msg, node.right)
+            raise _span_error("E-EXPR-VALUE", msg, node.right, "the right side evaluates to 0")
         return _OPS[node.op](left, right)
-    raise _span_error("E-EXPR-TYPE", f"expected an integer expression, got {_describe(node)}", node)
+    msg = f"expected an integer expression, got {_describe(node)}"
+    raise _span_error("E-EXPR-TYPE", msg, node, 'e.g. "2 * ${models.small.d_model}"')
 
 
 def _span_error(code: str, msg: str, node: Any, hint: str | None = None) -> ExprError:
@@ -343,7 +354,9 @@ def _range(node: Range, lookup: Lookup, length: int, about: str | None) -> range
             msg = f"range bound {bound} is out of range {-length}..{length}"
             raise _span_error("E-EXPR-VALUE", msg, expr, about)
     if step == 0:
-        raise _span_error("E-EXPR-VALUE", "range step cannot be zero", node.step)
+        raise _span_error(
+            "E-EXPR-VALUE", "range step cannot be zero", node.step, "omit it or use 1"
+        )
     return range(*slice(lo, hi, step).indices(length))
 
 
@@ -355,7 +368,7 @@ def evaluate_range(text_or_expr: str | Expr, lookup: Lookup, length: int) -> ran
     node = _node(text_or_expr, "range")
     if not isinstance(node, Range):
         msg = f"expected a range like 0:4, got {_describe(node)}"
-        raise _span_error("E-EXPR-TYPE", msg, node)
+        raise _span_error("E-EXPR-TYPE", msg, node, "write start:stop or start:stop:step")
     return _range(node, lookup, length, None)
 
 
@@ -401,7 +414,7 @@ def parse_layer_map(
         src_ids, single = _select(m.src, lookup, n_src + 1, about_src)
         dst_text, src_text = text[m.dst.start : m.dst.end], text[m.src.start : m.src.end]
         if not dst_ids:
-            raise _span_error("E-EXPR-VALUE", f"{dst_text} selects no layers", m.dst)
+            raise _span_error("E-EXPR-VALUE", f"{dst_text} selects no layers", m.dst, about_dst)
         if single:
             src_ids = src_ids * len(dst_ids)
         elif len(src_ids) != len(dst_ids):

@@ -2,9 +2,10 @@
 
 The JSON Schema (`tandem_dsl.schema`) and the reference page (`docs/spec-reference.md`)
 are generated from these classes, so the schema and the dataclasses cannot drift.
-Field metadata: `doc`, `enum`, `minimum`, `maximum`, `yaml` (the YAML key when it is a
-Python keyword) and `default_expr` (a default that depends on other values, written as an
-expression with `{self}` standing for the path of the object that owns the field).
+Field metadata: `doc`, `enum`, `minimum`, `maximum`, `hint` (for a value out of range),
+`yaml` (the YAML key when it is a Python keyword) and `default_expr` (a default that depends
+on other values, written as an expression with `{self}` standing for the path of the object
+that owns the field).
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 
 SPEC_VERSION = 1
+# Bounds past which a size is a typo, not a model: they keep absurd values (d_model 1e9, 1e5
+# layers) from reaching XLA, which hangs or aborts on them. Integers without a stated maximum
+# stop at INT_MAX (what an int32 step counter or seed holds).
+INT_MAX = 2**31 - 1
+MAX_WIDTH = 1 << 16
+MAX_LAYERS = 1024
+MAX_HEADS = 1024
+MAX_VOCAB = 1 << 22
+MAX_TOKENS = 1 << 20
+MAX_BATCH = 1 << 20
 
 
 def opt(default=MISSING, *, doc: str, factory=MISSING, **meta):
@@ -34,9 +45,9 @@ class Generated:
         "tokenizer's chat template.",
         minimum=0,
     )
-    prompt_tokens: int = opt(96, doc="Longest prompt in tokens.", minimum=8)
-    new_tokens: int = opt(128, doc="Tokens generated per prompt.", minimum=1)
-    batch: int = opt(16, doc="Prompts generated together.", minimum=1)
+    prompt_tokens: int = opt(96, doc="Longest prompt in tokens.", minimum=8, maximum=MAX_TOKENS)
+    new_tokens: int = opt(128, doc="Tokens generated per prompt.", minimum=1, maximum=MAX_TOKENS)
+    batch: int = opt(16, doc="Prompts generated together.", minimum=1, maximum=MAX_BATCH)
     share: float = opt(
         0.75,
         doc="Fraction of each training batch's rows drawn from the generated text (the rest "
@@ -52,7 +63,9 @@ class Data:
         "stdlib", doc="Built-in corpus: the Python standard library's own source.", enum=["stdlib"]
     )
     paths: list[str] = opt(factory=list, doc="Text files or globs used instead of the corpus.")
-    seq_len: int = opt(256, doc="Training sequence length in tokens.", minimum=2)
+    seq_len: int = opt(
+        256, doc="Training sequence length in tokens.", minimum=2, maximum=MAX_TOKENS
+    )
     val_fraction: float = opt(0.01, doc="Fraction of documents held out.", minimum=0, maximum=0.5)
     seed: int = opt(0, doc="Seed of the split and the data order.", minimum=0)
     generated: Generated | None = opt(
@@ -66,7 +79,9 @@ class Data:
 @dataclass(frozen=True, kw_only=True)
 class Tokenizer:
     kind: str = opt("byte", doc="Tokenizer kind.", enum=["byte", "bpe", "gguf", "hf-json"])
-    vocab_size: int = opt(0, doc="Vocabulary size for `bpe` (trained locally).", minimum=0)
+    vocab_size: int = opt(
+        0, doc="Vocabulary size for `bpe` (trained locally).", minimum=0, maximum=1 << 16
+    )
     path: str | None = opt(None, doc="File for `gguf` / `hf-json` tokenizers.")
 
 
@@ -104,22 +119,30 @@ def _default_vocab(owner: str, tree: dict) -> str | int:
 
 @dataclass(frozen=True, kw_only=True)
 class Decoder:
-    d_model: int = opt(doc="Residual width.", minimum=1)
-    n_layers: int = opt(doc="Number of transformer layers.", minimum=1)
-    n_heads: int = opt(doc="Query heads.", minimum=1)
+    d_model: int = opt(doc="Residual width.", minimum=1, maximum=MAX_WIDTH)
+    n_layers: int = opt(doc="Number of transformer layers.", minimum=1, maximum=MAX_LAYERS)
+    n_heads: int = opt(doc="Query heads.", minimum=1, maximum=MAX_HEADS)
     type: str = opt("decoder", doc="Model family.", enum=["decoder"])
     n_kv_heads: int = opt(
         doc="Key/value heads (grouped-query attention).",
         minimum=1,
+        maximum=MAX_HEADS,
         default_expr="${{self}.n_heads}",
     )
     d_ff: int = opt(
         doc="MLP hidden width (default: 8/3 d rounded up to 32 for swiglu, 4 d for gelu).",
         minimum=1,
+        maximum=16 * MAX_WIDTH,
         default_fn=_default_d_ff,
     )
     vocab: int = opt(
-        doc="Vocabulary size (default: from the tokenizer).", minimum=2, default_fn=_default_vocab
+        doc="Vocabulary size (default: from the tokenizer).",
+        hint="give the model `vocab:` (the size of its tokenizer's vocabulary); the default "
+        "is 256 for the byte tokenizer and tokenizer.vocab_size otherwise, which gguf and "
+        "hf-json tokenizers leave at 0",
+        minimum=2,
+        maximum=MAX_VOCAB,
+        default_fn=_default_vocab,
     )
     norm: str = opt("rmsnorm", doc="Normalization.", enum=["rmsnorm", "layernorm"])
     norm_eps: float = opt(1e-5, doc="Normalization epsilon.", minimum=0)
@@ -139,7 +162,9 @@ class Projection:
     type: str = opt("linear", doc="Projection kind.", enum=["linear", "mlp"])
     per_layer: bool = opt(True, doc="One projection per wired layer (else one shared).")
     bias: bool = opt(False, doc="Add a bias.")
-    hidden: int = opt(0, doc="Hidden width of an `mlp` projection.", minimum=0)
+    hidden: int = opt(
+        0, doc="Hidden width of an `mlp` projection.", minimum=0, maximum=16 * MAX_WIDTH
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,8 +217,10 @@ class TrainStage:
     steps: int = opt(doc="Optimizer steps.", minimum=1)
     objective: Objective = opt(factory=Objective, doc="The loss.")
     optimizer: Optimizer = opt(factory=Optimizer, doc="The optimizer.")
-    batch: int = opt(8, doc="Sequences per step.", minimum=1)
-    seq_len: int = opt(doc="Tokens per sequence.", minimum=2, default_expr="${data.seq_len}")
+    batch: int = opt(8, doc="Sequences per step.", minimum=1, maximum=MAX_BATCH)
+    seq_len: int = opt(
+        doc="Tokens per sequence.", minimum=2, maximum=MAX_TOKENS, default_expr="${data.seq_len}"
+    )
     eval_every: int = opt(100, doc="Evaluate every N steps.", minimum=1)
     eval_batches: int = opt(4, doc="Validation batches per evaluation.", minimum=1)
     checkpoint_every: int = opt(100, doc="Checkpoint every N steps.", minimum=1)
@@ -268,7 +295,9 @@ class Decode:
     free_token: bool = opt(True, doc="Standalone: start M_S from the large model's next token.")
     adaptive: Adaptive | None = opt(None, doc="Adaptive block length settings.")
     sampling: Sampling = opt(factory=Sampling, doc="Sampling settings.")
-    max_new_tokens: int = opt(64, doc="Tokens to generate per prompt.", minimum=1)
+    max_new_tokens: int = opt(
+        64, doc="Tokens to generate per prompt.", minimum=1, maximum=MAX_TOKENS
+    )
     stop_at_eos: bool = opt(True, doc="Stop a row at the tokenizer's end-of-sequence token.")
 
 
@@ -293,8 +322,10 @@ class Bench:
 
 @dataclass(frozen=True, kw_only=True)
 class Shapes:
-    batch: int = opt(1, doc="Decode batch size.", minimum=1)
-    max_len: int = opt(512, doc="KV-cache length (prompt + generation).", minimum=2)
+    batch: int = opt(1, doc="Decode batch size.", minimum=1, maximum=MAX_BATCH)
+    max_len: int = opt(
+        512, doc="KV-cache length (prompt + generation).", minimum=2, maximum=MAX_TOKENS
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

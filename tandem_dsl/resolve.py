@@ -254,14 +254,18 @@ def _check_ranges(doc: Doc, errors: Collector) -> None:
                 for k, v in items:
                     walk(typing.get_args(tp)[-1], v, sub + (k,))
             elif _is_int(tp) and isinstance(value, int) and not isinstance(value, bool):
-                lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
-                if (lo is not None and value < lo) or (hi is not None and value > hi):
-                    bound = f"at least {lo}" if lo is not None and value < lo else f"at most {hi}"
+                lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum", model.INT_MAX)
+                if (lo is not None and value < lo) or value > hi:
+                    low = lo is not None and value < lo
                     errors.error(
                         "E-VALUE-RANGE",
-                        f"{key} evaluates to {value}: must be {bound}",
+                        f"{key} evaluates to {value}: must be "
+                        + (f"at least {lo}" if low else f"at most {hi}"),
                         doc.origin(sub),
                         path_str(sub),
+                        f.metadata.get("hint")
+                        or f"change the expression or the values it reads so that {key} is "
+                        + (f">= {lo}" if low else f"<= {hi}"),
                     )
 
     walk(model.Spec, doc.tree, ())

@@ -67,6 +67,7 @@ def _type_schema(tp, meta: dict, defs: dict) -> dict:
         return {"$ref": f"#/$defs/{tp.__name__}"}
     bounds = {key: meta[k] for k, key in BOUNDS.items() if k in meta}
     if tp is int:
+        bounds.setdefault("maximum", model.INT_MAX)
         return {"anyOf": [{"type": "integer", **bounds}, {"$ref": "#/$defs/expression"}]}
     if tp is float:
         return {"type": "number", **bounds}

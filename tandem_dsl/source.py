@@ -137,6 +137,7 @@ def convert(
                             "a merge key (<<) takes a mapping or a list of mappings",
                             at or _origin(source, value_node),
                             path_str(path),
+                            "write `<<: *anchor` where the anchor names a mapping",
                         )
                         continue
                     merged.append(m)
@@ -146,7 +147,11 @@ def convert(
             key_origin = at or _origin(source, key_node)
             if not isinstance(key, str):
                 errors.error(
-                    "E-YAML-KEY", "mapping keys must be strings", key_origin, path_str(path)
+                    "E-YAML-KEY",
+                    "mapping keys must be strings",
+                    key_origin,
+                    path_str(path),
+                    "spec keys are names such as d_model; quote a key that YAML reads otherwise",
                 )
                 continue
             if key in out:
@@ -214,6 +219,7 @@ def compose(text: str, source: str, errors: Collector, at: Origin | None = None)
             "E-YAML-DEPTH",
             f"the YAML nests too deeply (at most {MAX_DEPTH} levels)",
             at or Origin(source, 1, 1, 1, 2),
+            hint="a spec nests a few levels; check for unclosed [ or {",
         )
     return False
 
@@ -242,11 +248,19 @@ def parse_yaml(text: str, source: str, errors: Collector) -> Doc | None:
     if node is False:
         return None
     if node is None:
-        errors.error("E-YAML-EMPTY", "the spec file is empty", Origin(source, 1, 1, 1, 2))
+        errors.error(
+            "E-YAML-EMPTY",
+            "the spec file is empty",
+            Origin(source, 1, 1, 1, 2),
+            hint="start from specs/quickstart.yaml, or see docs/spec-reference.md",
+        )
         return None
     if not isinstance(node, yaml.MappingNode):
         errors.error(
-            "E-YAML-ROOT", "a spec must be a mapping at the top level", _origin(source, node)
+            "E-YAML-ROOT",
+            "a spec must be a mapping at the top level",
+            _origin(source, node),
+            hint="write keys such as `tandem: 1`, `name:` and `models:` at the top level",
         )
         return None
     tree = to_plain(source, node, (), doc, errors)
@@ -261,7 +275,12 @@ def _read_spec(path: Path, errors: Collector, where: Origin) -> str | None:
     device could block or never end)."""
     try:
         if not path.exists():
-            errors.error("E-FILE-MISSING", f"spec file not found: {path}", where)
+            errors.error(
+                "E-FILE-MISSING",
+                f"spec file not found: {path}",
+                where,
+                "check the path (relative paths start from the current folder)",
+            )
             return None
         if not path.is_file():
             kind = "a directory" if path.is_dir() else "not a regular file"
@@ -284,8 +303,16 @@ def _read_spec(path: Path, errors: Collector, where: Origin) -> str | None:
             "is this the right file? specs are YAML text",
         )
     except OSError as e:
-        errors.error("E-FILE-READ", f"cannot read spec file {path}: {e.strerror or e}", where)
+        errors.error(
+            "E-FILE-READ",
+            f"cannot read spec file {path}: {e.strerror or e}",
+            where,
+            "check the file's permissions",
+        )
     return None
+
+
+CYCLE_HINT = "a file cannot include itself, directly or through others: remove one include"
 
 
 def load_file(
@@ -300,7 +327,7 @@ def load_file(
     where = at or Origin(source)
     if path.resolve() in _stack:
         cycle = " -> ".join(str(p) for p in (*_stack, path.resolve()))
-        errors.error("E-INCLUDE-CYCLE", f"include cycle: {cycle}", where)
+        errors.error("E-INCLUDE-CYCLE", f"include cycle: {cycle}", where, hint=CYCLE_HINT)
         return None
     text = _read_spec(path, errors, where)
     if text is None:
@@ -340,7 +367,9 @@ def load_file(
             continue
         if inc_path.resolve() in (*_stack, path.resolve()):
             cycle = " -> ".join(str(p) for p in (*_stack, path.resolve(), inc_path.resolve()))
-            errors.error("E-INCLUDE-CYCLE", f"include cycle: {cycle}", inc_origin, "include")
+            errors.error(
+                "E-INCLUDE-CYCLE", f"include cycle: {cycle}", inc_origin, "include", CYCLE_HINT
+            )
             continue
         inc_doc = load_file(inc_path, errors, (*_stack, path.resolve()), inc_origin)
         if inc_doc is not None:
@@ -435,6 +464,16 @@ def apply_overrides(doc: Doc, overrides: list[str], errors: Collector, fields=No
                 "E-OVERRIDE-SYNTAX", f"bad key path '{key}'", key_origin, hint="use dots: a.b.c"
             )
             continue
+        if path[0] == "include":
+            errors.error(
+                "E-OVERRIDE-KEY",
+                f"override '{text}': `include` is read when the file loads, before overrides",
+                key_origin,
+                "include",
+                "list the file under include: in the spec, or merge it into the spec file",
+            )
+            continue
+        _add_missing_parents(doc, path, fields)
         parent = doc.get(path[:-1])
         last = path[-1]
         exists = _has(parent, last)
@@ -442,10 +481,7 @@ def apply_overrides(doc: Doc, overrides: list[str], errors: Collector, fields=No
         if op == "set" and known and not exists:
             op = "add"
         if not isinstance(parent, dict | list) or (op != "add" and not exists):
-            choices = [*parent.keys(), *fields(path[:-1])] if isinstance(parent, dict) else []
-            hint = did_you_mean(str(last), choices) if choices else None
-            if op == "set" and isinstance(parent, dict):
-                hint = hint or f"to add a new key write +{key}={value_text}"
+            hint = _missing_key_hint(doc, path, fields, f"+{key}={value_text}", op == "set")
             errors.error(
                 "E-OVERRIDE-KEY",
                 f"override '{text}': no key '{path_str(path)}' in the spec",
@@ -480,6 +516,37 @@ def apply_overrides(doc: Doc, overrides: list[str], errors: Collector, fields=No
 
 
 _BAD = object()
+
+
+def _missing_key_hint(doc: Doc, path: tuple, fields, add: str, may_add: bool) -> str | None:
+    """Names what exists at the deepest part of `path` that does."""
+    depth = 0
+    while depth < len(path) - 1 and _has(doc.get(path[:depth]), path[depth]):
+        depth += 1
+    node, part, where = doc.get(path[:depth]), path[depth], path_str(path[:depth])
+    if isinstance(node, list):
+        return (
+            f"{where} has {len(node)} entries (index 0 to {len(node) - 1}); append one with "
+            f"+{'.'.join(map(str, path[:depth]))}.{len(node)}=..."
+        )
+    if not isinstance(node, dict):
+        return f"{where} is a {type(node).__name__}, not a mapping"
+    close = did_you_mean(str(part), [*node.keys(), *fields(path[:depth])])
+    if close or depth < len(path) - 1:
+        return close or f"{where or 'the spec'} has no '{part}'; keys: {', '.join(map(str, node))}"
+    return f"to add a new key write {add}" if may_add else None
+
+
+def _add_missing_parents(doc: Doc, path: tuple, fields) -> None:
+    """`decode.sampling.top_k=5` where the file has no `sampling:`: the spec fields on the
+    way are created as empty mappings (only fields the schema knows, only under mappings)."""
+    node = doc.tree
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, dict) and part not in node and part in fields(path[:i]):
+            node[part] = {}
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return
 
 
 def _override_value(text: str, origin: Origin, path, errors: Collector):

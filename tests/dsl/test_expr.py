@@ -339,7 +339,7 @@ def test_every_terminal_has_a_display_name():
 def test_error_is_an_exception_with_fields():
     e = error(ev, "${nope.x}")
     assert isinstance(e, Exception)
-    assert e.hint is None
+    assert e.hint.startswith("check the path")
     assert "E-EXPR-REF" in str(e) and "${nope.x}" in str(e)
     again = pickle.loads(pickle.dumps(e))
     assert (again.code, again.message, again.start, again.end) == (e.code, e.message, 0, 9)
