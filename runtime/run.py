@@ -115,8 +115,8 @@ def run_lock(run_dir: Path):
             f.seek(0)
             holder = f.read().strip() or "?"
             raise UserError(
-                f"run directory {run_dir} is in use by another process (pid {holder}); wait for "
-                "it to finish, or use another --run-dir"
+                f"run directory {run_dir} is in use by another process (pid {holder})",
+                hint="wait for it to finish, or use another --run-dir",
             ) from None
         f.seek(0)
         f.truncate()
@@ -130,7 +130,7 @@ def run_lock(run_dir: Path):
 
 def _not_a_file(folder: Path, what: str = "run directory", flag: str = "--run-dir") -> None:
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{what} {folder} is a file; pass a folder with {flag}")
+        raise UserError(f"{what} {folder} is a file", hint=f"pass a folder with {flag}")
 
 
 def ensure_writable(folder: Path, what: str = "run directory", flag: str = "--run-dir") -> None:
@@ -143,8 +143,8 @@ def ensure_writable(folder: Path, what: str = "run directory", flag: str = "--ru
             pass
     except OSError as e:
         raise UserError(
-            f"cannot write into the {what} {folder} ({e.strerror or e}); pass a writable "
-            f"folder with {flag}"
+            f"cannot write into the {what} {folder} ({e.strerror or e})",
+            hint=f"pass a writable folder with {flag}",
         ) from None
 
 
@@ -226,8 +226,10 @@ def _check_trained(r: Run, index: int, info: dict) -> None:
         listed = "\n  ".join(changes[:12])
         raise UserError(
             f"stage '{stage.name}' in {r.run_dir / stage.name} was trained with other "
-            f"settings:\n  {listed}\nRun `tandemc run SPEC train` first (it says what it can "
-            "continue and what must be retrained)"
+            f"settings:\n  {listed}",
+            field=("train", index),
+            hint="run `tandemc run SPEC train` first (it says what it can continue and what "
+            "must be retrained)",
         )
 
 
@@ -235,8 +237,9 @@ def _model_from_stage(stage_dir: Path, name: str, template) -> dict:
     final = stage_dir / "final.json"
     if not final.exists():
         raise UserError(
-            f"model '{name}' loads from {stage_dir}, but that stage has not finished "
-            f"(no {final}); train it first (e.g. tandemc run specs/quickstart.yaml train)"
+            f"model '{name}' loads from {stage_dir}, but that stage has not finished (no {final})",
+            field=("models", name, "init", "path"),
+            hint="train it first (tandemc run SPEC train with the spec that trains it)",
         )
     ckpt = stage_dir / json.loads(final.read_text())["checkpoint"]
     arrays = checkpoint.load_subtree(ckpt, name, template)
@@ -292,23 +295,24 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
     data = data_for_spec(r.spec, r.tokenizer, generated)
     results = []
     for i, stage in enumerate(r.prog.train):
-        result = train_stage(
-            r.prog,
-            stage,
-            params,
-            r.run_dir / stage.name,
-            lambda position, s=stage, i=i: data.train(
-                s.seq_len, s.batch, s.seed, position, field=("train", i)
-            ),
-            lambda s=stage, i=i: data.validation(
-                s.seq_len, s.batch, s.eval_batches, field=("train", i, "batch")
-            ),
-            progress=progress(stage) if progress else None,
-            stop_after_steps=stop_after_steps,
-            meta={"spec": api.to_yaml(r.spec)},
-            config=stage_config(r.spec, r.prog, i),
-            log=r.log,
-        )
+        with _at_stage(i):
+            result = train_stage(
+                r.prog,
+                stage,
+                params,
+                r.run_dir / stage.name,
+                lambda position, s=stage, i=i: data.train(
+                    s.seq_len, s.batch, s.seed, position, field=("train", i)
+                ),
+                lambda s=stage, i=i: data.validation(
+                    s.seq_len, s.batch, s.eval_batches, field=("train", i, "batch")
+                ),
+                progress=progress(stage) if progress else None,
+                stop_after_steps=stop_after_steps,
+                meta={"spec": api.to_yaml(r.spec)},
+                config=stage_config(r.spec, r.prog, i),
+                log=r.log,
+            )
         results.append(result)
         params = result.params
         if result.steps < stage.steps:
@@ -316,6 +320,18 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
     complete = len(results) == len(r.prog.train) and results[-1].steps == r.prog.train[-1].steps
     r.params = params if complete else None
     return results
+
+
+@contextlib.contextmanager
+def _at_stage(index: int):
+    """A stage's own errors (its settings changed, its loss diverged, a damaged checkpoint)
+    are located at the stage in the spec."""
+    try:
+        yield
+    except UserError as e:
+        if e.field is not None:
+            raise
+        raise type(e)(str(e), field=("train", index), hint=e.hint) from None
 
 
 def evaluate_stages(r: Run) -> dict:

@@ -183,7 +183,6 @@ def train_stage(
             if timed_from is None:
                 timed_from, timed_tokens = time.perf_counter(), tokens
             if not math.isfinite(loss):
-
                 probe = val[0] if val else batch  # data.val_fraction 0: no held-out data
 
                 def good(path: Path, start_loss: float, probe=probe) -> bool:
@@ -249,8 +248,9 @@ def _same_config(stage, stage_dir: Path, recorded, config, log, finished: bool) 
     what = "was trained" if finished else "was started"
     raise UserError(
         f"stage '{stage.name}' in {stage_dir} {what} with other settings:\n  {listed}\n"
-        f"Its result is not reused. To train it again with these settings, delete {stage_dir} "
-        "(and the stages after it that read what it trains), or use another --run-dir"
+        "Its result is not reused.",
+        hint=f"to train it again with these settings, delete {stage_dir} (and the stages after "
+        "it that read what it trains), or use another --run-dir",
     )
 
 
@@ -302,9 +302,11 @@ def _diverged(prog, stage, stage_dir: Path, loss: float, step: int, is_good):
                 shutil.rmtree(aside / c.name)
             c.replace(aside / c.name)
     where = f"it resumes from {good.name}" if good else "the stage starts over"
+    index = prog.train.index(stage)
     return TrainingDiverged(
         f"stage '{stage.name}': loss is {loss} at step {step}. Checkpoints written after the "
-        f"loss went bad are set aside in {aside}. Lower the learning rate (e.g. "
-        f"train.{prog.train.index(stage)}.optimizer.lr={stage.optimizer.lr / 10:g}) or raise "
-        f"warmup and run the same command again: {where}"
+        f"loss went bad are set aside in {aside}.",
+        field=("train", index, "optimizer", "lr"),
+        hint=f"lower the learning rate (e.g. train.{index}.optimizer.lr="
+        f"{stage.optimizer.lr / 10:g}) or raise warmup and run the same command again: {where}",
     )

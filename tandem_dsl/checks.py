@@ -7,17 +7,14 @@ uses to turn `wiring[i].layers` into the per-small-layer table.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import expr
 from .diagnostics import Collector, did_you_mean
-from .model import Spec, Wiring
+from .model import NAME_HINT, Spec, Wiring, bad_name_message, valid_name
 from .source import Doc
 
-# Names become folder and file names (runs/<name>/<stage>/...) and parameter keys.
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RESERVED_STAGE_NAMES = ("generated", "router")  # other entries of a run directory
 LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab")
 CHECKS: list[Callable[[Context], None]] = []
@@ -247,20 +244,19 @@ def _check_projection(ctx: Context, w: Wiring, p: tuple) -> None:
 @check
 def names(ctx: Context):
     spec = ctx.spec
-    named = [(spec.name, ("name",), False)]
-    for kind, table in (("models", spec.models), ("projections", spec.projections)):
-        named += [(n, (kind, n), True) for n in table]
-    named += [(s.name, ("train", i, "name"), False) for i, s in enumerate(spec.train)]
-    for name, path, is_key in named:
-        if not NAME.fullmatch(name) or ".." in name:
-            ctx.error(
-                "E-CHECK-NAME",
-                f"'{name}' cannot be a name: names become folder names",
-                path,
-                "use letters, digits, '_', '-' and '.' (not '..'), starting with a letter or "
-                "digit, at most 64 characters",
-                key=is_key,
-            )
+    named = [(spec.name, ("name",))]  # model and projection names: `schema.validate`
+    named += [(s.name, ("train", i, "name")) for i, s in enumerate(spec.train)]
+    for name, path in named:
+        if not valid_name(name):
+            ctx.error("E-CHECK-NAME", bad_name_message(name), path, NAME_HINT)
+    for name in set(spec.models) & set(spec.projections):
+        ctx.error(
+            "E-CHECK-NAME",
+            f"'{name}' names both a model and a projection (trainable lists mix the two)",
+            ("projections", name),
+            "rename the projection, e.g. l2s",
+            key=True,
+        )
     seen = {}
     for i, stage in enumerate(spec.train):
         p = ("train", i, "name")
@@ -300,7 +296,7 @@ def training(ctx: Context):
                     "E-CHECK-UNKNOWN-TRAINABLE",
                     f"'{name}' is neither a model nor a projection",
                     p + ("trainable", j),
-                    did_you_mean(name, names),
+                    did_you_mean(name, names) or f"choose from: {', '.join(sorted(names))}",
                 )
             elif name in ctx.spec.models and not ctx.spec.models[name].trainable:
                 ctx.error(

@@ -169,11 +169,14 @@ def _expected(text: str, pos: int, start: str, fallback: set[str]) -> str:
     return shown[0] if len(shown) == 1 else "one of: " + ", ".join(shown)
 
 
+SYNTAX_HINT = 'integer expressions use + - * // % ( ) and ${references}, e.g. "2 * ${x.y} + 1"'
+
+
 def _syntax_error(text: str, e: UnexpectedInput, start: str) -> ExprError:
     if isinstance(e, UnexpectedToken) and e.token.type != "$END":
         lo, hi, found = e.token.start_pos, e.token.end_pos, e.token.value
         expected = _expected(text, lo, start, set(e.expected))
-        hint = _HINTS.get(found)
+        hint = _HINTS.get(found, SYNTAX_HINT)
         if e.token.type == "NAME" and "REF_OPEN" in e.expected:
             hint = f"to use a spec value, write a reference with its full path: ${{...{found}}}"
         return ExprError(
@@ -183,7 +186,7 @@ def _syntax_error(text: str, e: UnexpectedInput, start: str) -> ExprError:
         lo, char = e.pos_in_stream, text[e.pos_in_stream]
         expected = _expected(text, lo, start, set(e.allowed))
         msg = f"unexpected character {char!r}; expected {expected}"
-        return ExprError("E-EXPR-SYNTAX", msg, lo, lo + 1, _HINTS.get(char))
+        return ExprError("E-EXPR-SYNTAX", msg, lo, lo + 1, _HINTS.get(char, SYNTAX_HINT))
     assert isinstance(e, UnexpectedToken | UnexpectedEOF)
     expected = _expected(text, len(text), start, set(e.expected))
     msg = f"unexpected end of expression; expected {expected}"

@@ -10,6 +10,7 @@ that owns the field).
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, dataclass, field
 
 SPEC_VERSION = 1
@@ -23,6 +24,20 @@ MAX_HEADS = 1024
 MAX_VOCAB = 1 << 22
 MAX_TOKENS = 1 << 20
 MAX_BATCH = 1 << 20
+# Names become folder and file names (runs/<name>/<stage>/...) and parameter keys.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_HINT = (
+    "use letters, digits, '_', '-' and '.' (not '..'), starting with a letter or digit, at "
+    "most 64 characters"
+)
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME.fullmatch(name)) and ".." not in name
+
+
+def bad_name_message(name: str) -> str:
+    return f"'{name}' cannot be a name: names become folder names and parameter keys"
 
 
 def opt(default=MISSING, *, doc: str, factory=MISSING, **meta):

@@ -143,7 +143,9 @@ def _leaf(error):
 
 
 def validate(doc: Doc, errors: Collector) -> None:
-    """Appends one diagnostic per schema error (all of them, not just the first)."""
+    """Appends one diagnostic per schema error (all of them, not just the first), and one per
+    bad model or projection name."""
+    validate_names(doc, errors)
     for raw in _validator().iter_errors(doc.tree):
         error = _leaf(raw)
         path = tuple(error.absolute_path)
@@ -177,7 +179,8 @@ def validate(doc: Doc, errors: Collector) -> None:
                 f"{error.instance!r} is not one of {', '.join(map(str, options))}",
                 doc.origin(path),
                 where,
-                did_you_mean(str(error.instance), options),
+                did_you_mean(str(error.instance), options)
+                or f"write one of: {', '.join(map(str, options))}",
             )
         elif kind in ("minimum", "maximum", "exclusiveMinimum"):
             word = {"minimum": "at least", "maximum": "at most"}.get(kind, "more than")
@@ -207,6 +210,23 @@ def validate(doc: Doc, errors: Collector) -> None:
             )
 
 
+def validate_names(doc: Doc, errors: Collector) -> None:
+    """Model and projection names, before default expressions (`${models.<name>.d_model}`)
+    are built from them."""
+    for table in ("models", "projections"):
+        entries = doc.tree.get(table)
+        for name in entries if isinstance(entries, dict) else ():
+            if not model.valid_name(name):
+                path = (table, name)
+                errors.error(
+                    "E-CHECK-NAME",
+                    model.bad_name_message(name),
+                    doc.key_origin(path),
+                    path_str(path),
+                    model.NAME_HINT,
+                )
+
+
 def _type_message(value, expected) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value!r} is not a finite number"
@@ -233,7 +253,13 @@ def _type_hint(value, expected) -> str | None:
         return "write a number without quotes"
     if expected == "boolean":
         return "write true or false"
-    return None
+    return {
+        "integer": "write an integer",
+        "number": "write a number",
+        "object": "write a mapping, e.g. {key: value} (see docs/spec-reference.md)",
+        "array": "write a list, e.g. [a, b]",
+        "string": "write text; quote it if YAML reads it as something else",
+    }.get(expected, f"write a value of type {expected}")
 
 
 def _doc_of(schema: dict, key: str) -> str:

@@ -325,7 +325,7 @@ def test_messages_name_tokens_readably():
     assert e.hint == "use '//' for integer division"
     assert "'//'" in e.message
     assert "${...d_model}" in error(ev, "4 * d_model").hint
-    assert error(ev, "4 ${a}").hint is None
+    assert error(ev, "4 ${a}").hint == E.SYNTAX_HINT
     # After a complete operand every operator is offered, even where LALR already reduced.
     assert "'*'" in error(E.parse, "4 4").message
     assert "'*'" in error(ev, "0:4").message

@@ -114,7 +114,7 @@ def test_nan_guard_names_a_good_checkpoint_and_the_same_command_resumes(tmp_path
     bad = [*setup, "train.0.optimizer.lr=1e5"]  # NaN after a few steps
     with pytest.raises(TrainingDiverged) as info:
         run.train(_open(tmp_path / "run", *bad))
-    message = str(info.value)
+    message = f"{info.value} {info.value.hint}"
     stage_dir = tmp_path / "run/large"
     assert "set aside" in message and "train.0.optimizer.lr=10000" in message
     kept = checkpoint.latest(stage_dir)
