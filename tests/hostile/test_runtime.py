@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -261,3 +265,26 @@ def test_no_held_out_data_trains_without_evaluation(tmp_path):
     assert o.code == 0, o.err
     rows = (tmp_path / "run/large/metrics.jsonl").read_text()
     assert '"kind": "train"' in rows and '"kind": "eval"' not in rows
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(trained, tmp_path):
+    spec, run_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    longer = ["train.1.steps=100000", "--run-dir", str(copy)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "run", str(spec), "train", *longer],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (copy / ".lock").read_text().strip() != str(first.pid):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        o = run_cli(["run", spec, "train", *longer])
+        assert_clean(o, "error: run directory")
+        assert f"in use by another process (pid {first.pid})" in o.first_line
+    finally:
+        first.kill()
+        first.wait()

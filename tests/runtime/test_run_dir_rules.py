@@ -60,7 +60,8 @@ def test_unchanged_stages_are_reused(copy):
 def test_changed_lr_is_refused_naming_the_field(copy):
     with pytest.raises(UserError, match=r"stage\.optimizer\.lr: 0\.01 -> 0\.005") as info:
         run.train(_open(copy, "train.1.optimizer.lr=5e-3"))
-    assert "'tandem'" in str(info.value) and "delete" in str(info.value)
+    assert "'tandem'" in str(info.value) and "delete" in info.value.hint
+    assert info.value.field == ("train", 1)  # located at the stage in the spec
     with pytest.raises(UserError, match="optimizer.lr"):  # nor decoded with silently
         run.trained_params(_open(copy, "train.1.optimizer.lr=5e-3"))
 
