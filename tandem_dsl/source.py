@@ -89,6 +89,12 @@ MAX_FILE_BYTES = 1 << 20
 MERGE = "tag:yaml.org,2002:merge"
 
 
+SIZE_HINT = (
+    "a spec is a few hundred values: check for aliases (*name) that refer to themselves or "
+    "repeat each other"
+)
+
+
 class TooLarge(Exception):
     """The YAML expands past MAX_VALUES or MAX_DEPTH (at `node`)."""
 
@@ -188,10 +194,14 @@ def convert(
 
 
 def _compose_bounded(text: str):
-    """yaml.compose, but RecursionError at once for nesting deeper than MAX_DEPTH: the event
-    pass is iterative, the composer recursive (and slow to reach Python's recursion limit)."""
-    depth = 0
+    """yaml.compose, but RecursionError at once for nesting deeper than MAX_DEPTH (the event
+    pass is iterative, the composer recursive and slow to reach Python's recursion limit), and
+    TooLarge for more than MAX_VALUES scalars."""
+    depth, values = 0, 0
     for event in yaml.parse(text, Loader=SpecLoader):
+        values += isinstance(event, yaml.ScalarEvent)
+        if values > MAX_VALUES:  # more before any alias is expanded: no need to build it
+            raise TooLarge(f"more than {MAX_VALUES} values", event)
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
@@ -215,6 +225,13 @@ def compose(text: str, source: str, errors: Collector, at: Origin | None = None)
             at or Origin(source, line, col, line, col + 1),
             hint="check indentation, colons and quotes on this line or the one above",
         )
+    except TooLarge as e:
+        errors.error(
+            "E-YAML-SIZE",
+            f"the YAML is too large: {e.what}",
+            at or _origin(source, e.node),
+            hint=SIZE_HINT,
+        )
     except RecursionError:
         errors.error(
             "E-YAML-DEPTH",
@@ -237,8 +254,7 @@ def to_plain(source: str, node, path, doc: Doc, errors: Collector, at: Origin | 
             f"the YAML is too large: {what}",
             origin,
             path_str(path),
-            "a spec is a few hundred values: check for aliases (*name) that refer to "
-            "themselves or repeat each other",
+            SIZE_HINT,
         )
         return None
 
@@ -557,6 +573,9 @@ def _override_value(text: str, origin: Origin, path, errors: Collector):
     before = len(errors.diagnostics)
     try:
         node = _compose_bounded(text)
+    except TooLarge as e:
+        errors.error("E-YAML-SIZE", f"the YAML is too large: {e.what}", origin, hint=SIZE_HINT)
+        return _BAD
     except (yaml.YAMLError, RecursionError):
         errors.error(
             "E-OVERRIDE-VALUE",
