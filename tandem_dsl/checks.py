@@ -107,6 +107,31 @@ def embed_init(ctx: Context):
 
 
 @check
+def init_paths(ctx: Context):
+    for name, m in ctx.spec.models.items():
+        p = ("models", name, "init")
+        if m.init.from_ != "random" and not m.init.path:
+            ctx.error(
+                "E-CHECK-INIT",
+                f"init from {m.init.from_} needs a path",
+                p + ("from",),
+                {
+                    "checkpoint": "path: runs/<spec name>/<stage> (a finished stage's folder)",
+                    "gguf": "path: the .gguf file (e.g. from `tandemc pull smollm2-135m`)",
+                    "safetensors": "path: a folder with config.json and *.safetensors",
+                }[m.init.from_],
+            )
+        elif m.init.from_ == "random" and m.init.path:
+            ctx.error(
+                "E-CHECK-INIT",
+                "path has no meaning for random init",
+                p + ("path",),
+                "set from: checkpoint, gguf or safetensors, or remove path",
+                key=True,
+            )
+
+
+@check
 def heads(ctx: Context):
     for name, m in ctx.spec.models.items():
         p = ("models", name)
@@ -291,7 +316,14 @@ def training(ctx: Context):
                 "list the models or projections it trains, e.g. trainable: [small, l2s]",
             )
         for j, name in enumerate(stage.trainable):
-            if name not in names:
+            if name in stage.trainable[:j]:
+                ctx.error(
+                    "E-CHECK-UNKNOWN-TRAINABLE",
+                    f"'{name}' is listed twice",
+                    p + ("trainable", j),
+                    "list each model or projection once",
+                )
+            elif name not in names:
                 ctx.error(
                     "E-CHECK-UNKNOWN-TRAINABLE",
                     f"'{name}' is neither a model nor a projection",

@@ -234,7 +234,10 @@ def resolve(doc: Doc, errors: Collector) -> Doc:
 
 
 def _check_ranges(doc: Doc, errors: Collector) -> None:
-    """Bounds of integer fields that came from expressions (the schema saw strings)."""
+    """Bounds of integer fields that came from expressions (the schema saw strings). A value
+    the spec left to its default (d_ff from d_model) is reported only when no given value is:
+    the cause is the given one."""
+    given, derived = Collector(errors.stage), Collector(errors.stage)
 
     def walk(cls, node, path):
         if not isinstance(node, dict):
@@ -257,7 +260,8 @@ def _check_ranges(doc: Doc, errors: Collector) -> None:
                 lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum", model.INT_MAX)
                 if (lo is not None and value < lo) or value > hi:
                     low = lo is not None and value < lo
-                    errors.error(
+                    out = derived if doc.origins.get(sub) is DEFAULT else given
+                    out.error(
                         "E-VALUE-RANGE",
                         f"{key} evaluates to {value}: must be "
                         + (f"at least {lo}" if low else f"at most {hi}"),
@@ -269,6 +273,8 @@ def _check_ranges(doc: Doc, errors: Collector) -> None:
                     )
 
     walk(model.Spec, doc.tree, ())
+    for d in given.diagnostics or derived.diagnostics:
+        errors.add(d)
 
 
 def to_spec(tree: dict) -> model.Spec:

@@ -136,6 +136,9 @@ def _leaf(error):
             context = [e for e in error.context if e.relative_schema_path[0] == 0]
         else:
             context = [e for e in error.context if e.validator_value != "null"]
+            deeper = [e for e in context if e.validator != "type" or e.relative_path]
+            if isinstance(error.instance, dict) and deeper:  # {kind: ngram, n: 0}: the n
+                context = deeper
         if not context:
             return error
         error = max(context, key=jsonschema.exceptions.relevance)

@@ -47,7 +47,11 @@ def process_logits(logits: jax.Array, s: SamplingIR) -> jax.Array:
     x = logits.astype(jnp.float32)
     if s.greedy:
         return x
-    x = x / s.temperature
+    # Shifted so the largest logit is 0 first: a tiny temperature (even one that is 0 in
+    # float32) then sends the others to -inf, never to NaN (softmax, top-k and top-p do not
+    # change under a shift).
+    x = x - jnp.max(x, axis=-1, keepdims=True)
+    x = jnp.where(x == 0, 0.0, x / jnp.float32(s.temperature))
     x = _top_k_mask(x, s.top_k)
     return _top_p_mask(x, s.top_p)
 

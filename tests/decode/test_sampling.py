@@ -223,3 +223,14 @@ def test_sampled_ragged_drafts_bonus_position():
     resid = np.asarray(p[0, 0]).copy()
     resid[1] = 0
     assert tv(freqs(rej, V), resid / resid.sum()) < tv_bound(rej.size, V)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-45])
+def test_a_tiny_temperature_samples_the_argmax_not_nan(temperature):
+    logits = jax.random.normal(jax.random.key(0), (4, 50)) * 30
+    s = SamplingIR(temperature=temperature)
+    p = probs(logits, s)
+    assert bool(jnp.isfinite(p).all())
+    np.testing.assert_array_equal(np.argmax(p, -1), np.argmax(logits, -1))
+    drawn = sample(jax.random.key(1), logits, s)
+    np.testing.assert_array_equal(drawn, np.argmax(logits, -1))

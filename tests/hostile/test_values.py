@@ -181,6 +181,13 @@ def test_a_bad_value_is_refused_where_it_was_given(full, key, value, code):
         ("models.small.init.embed_from=small", "E-CHECK-EMBED-INIT"),
         ("models.small.n_layers=${models.large.n_layers}*1000", "E-VALUE-RANGE"),
         ("models.small.n_layers=${models.large.n_layers}-10", "E-VALUE-RANGE"),
+        ("train.0.trainable=[small,small]", "E-CHECK-UNKNOWN-TRAINABLE"),
+        ("models.large.init={from:\tcheckpoint}", "E-CHECK-INIT"),
+        ("models.large.init={from:\tgguf}", "E-CHECK-INIT"),
+        ("models.large.init.path=weights.gguf", "E-CHECK-INIT"),
+        ("decode.draft={kind:\tngram,\tn:\t0}", "E-SCHEMA-RANGE"),
+        ("decode.draft={kind:\tnope}", "E-SCHEMA-ENUM"),
+        ("decode.draft={kind:\tngram,\tm:\t3}", "E-SCHEMA-UNKNOWN-KEY"),
         ("tandem=0", "E-VERSION"),
         ("tandem=2", "E-VERSION"),
         ("tandem=1.0", "E-SCHEMA-TYPE"),
@@ -190,3 +197,9 @@ def test_values_that_only_fail_together_with_others(full, override, code):
     o = run_cli(["check", full, *override.split(" ")])
     assert_clean(o, "", code or "E-CHECK-FROZEN")
     assert o.first_line.startswith(("cli:", f"{full}:")), o.first_line
+
+
+def test_an_error_is_blamed_on_the_given_value_not_on_a_default_derived_from_it(full):
+    o = run_cli(["check", full, "models.small.d_model=${models.large.d_model}*100000"])
+    assert_clean(o, "cli:1:", "E-VALUE-RANGE")
+    assert "d_model evaluates to 6400000" in o.first_line  # not d_ff, its default
