@@ -48,6 +48,8 @@ def stdlib_documents() -> list[Path]:
 
 
 def _expand(entry: str) -> list[Path]:
+    if not entry.strip():
+        raise ValueError("data.paths has an empty entry; give a file, a folder or a glob")
     path = Path(entry).expanduser()
     if glob.has_magic(entry):
         found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())

@@ -1,5 +1,7 @@
 """User-facing errors of the runtime: printed as one paragraph, exit code 2, no traceback."""
 
+import contextlib
+
 
 class UserError(Exception):
     """A bad prompt, a missing or incompatible checkpoint, an unsupported option, ...
@@ -11,6 +13,22 @@ class UserError(Exception):
     def __init__(self, message: str, *, field: tuple | None = None, hint: str | None = None):
         super().__init__(message)
         self.field, self.hint = field, hint
+
+
+@contextlib.contextmanager
+def at_field(field: tuple, values: bool = False):
+    """A UserError that names no spec value (and with `values`, a ValueError) raised inside
+    is about `field`: it is raised again located there."""
+    try:
+        yield
+    except UserError as e:
+        if e.field is not None:
+            raise
+        raise type(e)(str(e), field=field, hint=e.hint) from None
+    except ValueError as e:
+        if not values:
+            raise
+        raise UserError(str(e), field=field) from None
 
 
 def optional(module: str, extra: str = "import"):

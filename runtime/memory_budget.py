@@ -21,9 +21,10 @@ from .errors import UserError
 MOMENTS = {"adamw": 2, "adam": 2, "sgd": 0}
 
 
-def needs(prog: ProgramIR, train: bool) -> list[tuple[int, str, tuple]]:
+def needs(prog: ProgramIR, train: bool, generated=None) -> list[tuple[int, str, tuple]]:
     """[(bytes, what, spec field)] of the largest single need: the parameters, and with
-    `train` each stage's own need on top of them."""
+    `train` each stage's own need on top of them; with `generated` (the spec's
+    data.generated) its generation batch's KV cache and prompt logits."""
     dtype_bytes = {m.name: m.dtype_bytes for m in prog.models}
     counts = prog.param_counts()
     params = [
@@ -32,6 +33,13 @@ def needs(prog: ProgramIR, train: bool) -> list[tuple[int, str, tuple]]:
     total = sum(b for b, _, _ in params)
     biggest = max(params)
     out = [(total, f"the parameters ({biggest[1]}: {_gb(biggest[0])})", biggest[2])]
+    if generated is not None and train:
+        m = prog.model(generated.model)
+        tokens = generated.prompt_tokens + generated.new_tokens
+        cache = generated.batch * tokens * m.kv_cache_bytes_per_token
+        logits = generated.batch * generated.prompt_tokens * m.vocab * 4
+        what = f"data.generated: KV cache {_gb(cache)}, prompt logits {_gb(logits)}"
+        out.append((total + cache + logits, what, ("data", "generated", "batch")))
     if not train:
         return out
     for i, stage in enumerate(prog.train):
@@ -71,11 +79,11 @@ def available_bytes() -> int | None:
     return min(values) if values else None
 
 
-def check_fits(prog: ProgramIR, train: bool) -> None:
+def check_fits(prog: ProgramIR, train: bool, generated=None) -> None:
     free = available_bytes()
     if free is None:
         return
-    nbytes, what, field = max(needs(prog, train))
+    nbytes, what, field = max(needs(prog, train, generated))
     if nbytes > free:
         raise UserError(
             f"this run needs at least {_gb(nbytes)} of memory ({what}); "

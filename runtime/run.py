@@ -36,7 +36,7 @@ from tandem_dsl.diagnostics import Collector
 from tandem_dsl.source import path_str
 
 from . import checkpoint
-from .errors import UserError
+from .errors import UserError, at_field
 from .memory_budget import check_fits
 from .stage_config import differences, stage_config, upgrade
 from .train import StageResult, train_stage
@@ -80,10 +80,8 @@ def open_run(
     _not_a_file(run_dir)
     with located(loaded.doc):
         check_fits(prog, train=False)
-        try:
+        with at_field(("tokenizer",), values=True):
             tokenizer = _tokenizer(spec, run_dir, log)
-        except ValueError as e:
-            raise UserError(str(e), field=("tokenizer",)) from None
     return Run(spec, loaded.doc, prog, run_dir, tokenizer, log)
 
 
@@ -191,14 +189,13 @@ def initial_params(r: Run) -> dict:
                 one = dataclasses.replace(r.prog, models=(r.prog.model(name),), wirings=())
                 params[name] = nn.init_params(one, jax.random.PRNGKey(m.init.seed))[name]
         elif source == "checkpoint":
-            params[name] = _model_from_stage(Path(m.init.path), name, params[name])
+            with at_field(("models", name, "init", "path")):
+                params[name] = _model_from_stage(Path(m.init.path), name, params[name])
         elif source in ("gguf", "safetensors"):
             from .weights import load_weights
 
-            try:
+            with at_field(("models", name, "init", "path"), values=True):
                 params[name] = load_weights(source, m.init.path, r.prog.model(name))
-            except ValueError as e:
-                raise UserError(str(e)) from None
         else:
             raise UserError(
                 f"model '{name}': init from {source} is not supported by `tandemc run` yet"
@@ -280,7 +277,7 @@ def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[St
     a time trains in a run directory (a lock held while it runs)."""
     unfinished = any(not (r.run_dir / s.name / "final.json").exists() for s in r.prog.train)
     if unfinished:
-        check_fits(r.prog, train=True)
+        check_fits(r.prog, train=True, generated=r.spec.data.generated)
         ensure_writable(r.run_dir)
     with run_lock(r.run_dir):
         return _train(r, progress, stop_after_steps, unfinished)
@@ -295,7 +292,7 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
     data = data_for_spec(r.spec, r.tokenizer, generated)
     results = []
     for i, stage in enumerate(r.prog.train):
-        with _at_stage(i):
+        with at_field(("train", i)):  # its settings changed, its loss diverged, ...
             result = train_stage(
                 r.prog,
                 stage,
@@ -320,18 +317,6 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
     complete = len(results) == len(r.prog.train) and results[-1].steps == r.prog.train[-1].steps
     r.params = params if complete else None
     return results
-
-
-@contextlib.contextmanager
-def _at_stage(index: int):
-    """A stage's own errors (its settings changed, its loss diverged, a damaged checkpoint)
-    are located at the stage in the spec."""
-    try:
-        yield
-    except UserError as e:
-        if e.field is not None:
-            raise
-        raise type(e)(str(e), field=("train", index), hint=e.hint) from None
 
 
 def evaluate_stages(r: Run) -> dict:

@@ -129,7 +129,9 @@ def _program(r, params: dict):
     if width + g.new_tokens + 2 > r.prog.max_len:
         raise UserError(
             f"data.generated: prompt_tokens {g.prompt_tokens} + new_tokens {g.new_tokens} do not "
-            f"fit shapes.max_len {r.prog.max_len}; raise max_len or lower them"
+            f"fit shapes.max_len {r.prog.max_len}",
+            field=("data", "generated", "new_tokens"),
+            hint="raise shapes.max_len or lower them",
         )
     params = prepare(params, r.prog, decode, backend)
     if not backend.packed:

@@ -62,7 +62,7 @@ class Generated:
     )
     prompt_tokens: int = opt(96, doc="Longest prompt in tokens.", minimum=8, maximum=MAX_TOKENS)
     new_tokens: int = opt(128, doc="Tokens generated per prompt.", minimum=1, maximum=MAX_TOKENS)
-    batch: int = opt(16, doc="Prompts generated together.", minimum=1, maximum=MAX_BATCH)
+    batch: int = opt(16, doc="Prompts generated together.", minimum=1, maximum=1024)
     share: float = opt(
         0.75,
         doc="Fraction of each training batch's rows drawn from the generated text (the rest "

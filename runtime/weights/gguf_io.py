@@ -49,7 +49,7 @@ def check_magic(path: Path) -> None:
     if magic != GGUF_MAGIC:
         raise ValueError(
             f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}); "
-            "point init.path at a .gguf file written by llama.cpp or gguf-py"
+            "point the path at a .gguf file written by llama.cpp or gguf-py"
         )
 
 
