@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -67,7 +68,9 @@ def print_train_summary(results) -> None:
 
 def print_generation(r, prompts, g) -> None:
     for prompt, text in zip(prompts, g.texts, strict=False):
-        console.print(f"[dim]{prompt}[/dim]{text}", markup=False)
+        line = Text(prompt, style="dim")  # user text: never read as markup
+        line.append(text)
+        console.print(line)
     s = g.stats
     console.print(
         f"{s['tokens']} tokens in {g.seconds * 1000:.0f} ms ({s['tokens_per_s']:,.0f} tok/s), "
