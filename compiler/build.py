@@ -70,7 +70,15 @@ def build_ir(spec: Spec) -> ProgramIR:
 def _wiring(spec: Spec, w) -> WiringIR:
     small = spec.models[w.query]
     if w.kind == "none":
-        return WiringIR("none", w.query, None, (None,) * small.n_layers, None, w.block, w.block)
+        return WiringIR(
+            kind="none",
+            query=w.query,
+            memory=None,
+            layer_map=(None,) * small.n_layers,
+            projection=None,
+            block=w.block,
+            block_max=w.block,
+        )
     large, proj = spec.models[w.memory], spec.projections[w.via]
     return WiringIR(
         kind="tandem",
@@ -98,15 +106,22 @@ def _stage(spec: Spec, s) -> TrainStageIR:
     return TrainStageIR(
         name=s.name,
         objective=ObjectiveIR(
-            s.objective.kind,
-            trained,
-            s.objective.teacher,
-            s.objective.weight,
-            s.objective.temperature,
+            kind=s.objective.kind,
+            model=trained,
+            teacher=s.objective.teacher,
+            weight=s.objective.weight,
+            temperature=s.objective.temperature,
         ),
         trainable=tuple(s.trainable),
         optimizer=OptimizerIR(
-            o.kind, o.lr, o.warmup, o.schedule, o.weight_decay, o.clip, o.b1, o.b2
+            kind=o.kind,
+            lr=o.lr,
+            warmup=o.warmup,
+            schedule=o.schedule,
+            weight_decay=o.weight_decay,
+            clip=o.clip,
+            b1=o.b1,
+            b2=o.b2,
         ),
         steps=s.steps,
         batch=s.batch,
@@ -136,10 +151,19 @@ def _decode(spec: Spec) -> DecodeIR | None:
         adaptive=None
         if a is None
         else AdaptiveIR(
-            a.rule, a.router, a.hidden, a.top_k, a.threshold, a.max_gamma, a.activation
+            rule=a.rule,
+            router=a.router,
+            hidden=a.hidden,
+            top_k=a.top_k,
+            threshold=a.threshold,
+            max_gamma=a.max_gamma,
+            activation=a.activation,
         ),
         sampling=SamplingIR(
-            d.sampling.temperature, d.sampling.top_k, d.sampling.top_p, d.sampling.seed
+            temperature=d.sampling.temperature,
+            top_k=d.sampling.top_k,
+            top_p=d.sampling.top_p,
+            seed=d.sampling.seed,
         ),
         max_new_tokens=d.max_new_tokens,
     )

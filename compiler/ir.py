@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DecoderIR:
     """A Llama-style decoder (also GPT-style through norm/mlp/pos options)."""
 
@@ -105,7 +105,7 @@ class DecoderIR:
         return (batch, max_len, self.n_kv_heads, self.head_dim)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProjectionIR:
     """Maps large-model residual vectors (d_in) to small-model ones (d_out)."""
 
@@ -133,7 +133,7 @@ class ProjectionIR:
         return copies * one
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WiringIR:
     """How a small model reads a large model.
 
@@ -157,7 +157,7 @@ class WiringIR:
         return tuple(j for j, src in enumerate(self.layer_map) if src is not None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OptimizerIR:
     kind: str = "adamw"  # adamw | adam | sgd
     lr: float = 3e-3
@@ -169,7 +169,7 @@ class OptimizerIR:
     b2: float = 0.95
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ObjectiveIR:
     """What a training stage optimizes.
 
@@ -184,7 +184,7 @@ class ObjectiveIR:
     temperature: float = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainStageIR:
     name: str
     objective: ObjectiveIR
@@ -199,7 +199,7 @@ class TrainStageIR:
     seed: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingIR:
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = off
@@ -211,7 +211,7 @@ class SamplingIR:
         return self.temperature == 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AdaptiveIR:
     rule: str = "threshold"  # threshold | expected_gain | confidence | heuristic | fixed
     router: str = "mlp"
@@ -222,7 +222,7 @@ class AdaptiveIR:
     activation: str = "gelu"  # the router's hidden activation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DecodeIR:
     policy: str  # autoregressive | standalone | speed | adaptive
     target: str
@@ -238,14 +238,23 @@ class DecodeIR:
     max_new_tokens: int = 64
     eos_id: int = -1  # -1 = never stop early
 
+    @property
+    def draft_len(self) -> int:
+        """The longest draft of a round (the loop's draft buffer)."""
+        return self.adaptive.max_gamma if self.adaptive else self.gamma
 
-@dataclass(frozen=True)
+    def prompt_budget(self, max_len: int) -> int:
+        """The longest prompt whose generation fits a KV cache of max_len positions."""
+        return max_len - self.max_new_tokens - self.draft_len - 2
+
+
+@dataclass(frozen=True, kw_only=True)
 class MeshIR:
     axes: tuple[tuple[str, int], ...] = (("data", -1), ("model", 1))
     rules: tuple[tuple[str, str | None], ...] = ()  # logical axis -> mesh axis, first match wins
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProgramIR:
     """Everything lowering needs: models, the wiring of each small model, stages, decode."""
 

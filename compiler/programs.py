@@ -58,7 +58,7 @@ def decode_pieces(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
     params_sh = sh.params(params)
     target = prog.model(d.target)
     batch, max_len = prog.batch, prog.max_len
-    k = (d.adaptive.max_gamma if d.adaptive else d.gamma) + 1
+    k = d.draft_len + 1
 
     def sharded_cache(cfg):
         cache = _cache(cfg, batch, max_len)

@@ -354,7 +354,7 @@ class Generation:
 
 
 def encode_prompts(r: Run, prompts: list[str], decode: DecodeIR) -> tuple[np.ndarray, np.ndarray]:
-    budget = r.prog.max_len - decode.max_new_tokens - max(decode.gamma, _max_gamma(decode)) - 2
+    budget = decode.prompt_budget(r.prog.max_len)
     rows = []
     for i, text in enumerate(prompts):
         ids = r.tokenizer.encode(text)
@@ -397,10 +397,6 @@ def decode_params(r: Run, decode: DecodeIR) -> tuple[dict, Backend]:
     if r.packed is None or r.packed[0] is not params:
         r.packed = (params, {})
     return prepare_params(params, r.prog, decode, backend, r.packed[1]), backend
-
-
-def _max_gamma(d: DecodeIR) -> int:
-    return d.adaptive.max_gamma if d.adaptive else d.gamma
 
 
 def generate(

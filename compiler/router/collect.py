@@ -39,7 +39,7 @@ class RouterData(NamedTuple):
 
 
 def collect_config(prog: ProgramIR, decode: DecodeIR, max_new: int) -> LoopConfig:
-    g = decode.adaptive.max_gamma if decode.adaptive else decode.gamma
+    g = decode.draft_len
     d = DecodeIR(policy="speed", target=decode.target, draft=decode.draft, gamma=g,
                  sampling=decode.sampling, max_new_tokens=max_new)  # fmt: skip
     return loop_config(prog, d, return_logits=True)

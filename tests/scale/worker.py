@@ -49,7 +49,8 @@ def program(axes=(("data", -1), ("model", 1))) -> ProgramIR:
     wiring = WiringIR(kind="tandem", query="small", memory="large", layer_map=(1, 2),
                       projection=proj)  # fmt: skip
     stage = TrainStageIR(
-        name="tandem", objective=ObjectiveIR("distil", "small", "large", 0.5),
+        name="tandem",
+        objective=ObjectiveIR(kind="distil", model="small", teacher="large", weight=0.5),
         trainable=("small", "l2s"),
         optimizer=OptimizerIR(lr=1e-2, schedule="constant", weight_decay=0.1),
         steps=STEPS, batch=8, seq_len=16,
