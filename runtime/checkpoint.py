@@ -69,6 +69,25 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def finished(stage_dir: Path) -> dict | None:
+    """A finished stage's `final.json` (None while the stage has not finished): the one
+    place that reads it. It names at least `checkpoint`, the step folder holding the result."""
+    path = stage_dir / "final.json"
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        if not isinstance(info, dict) or not isinstance(info.get("checkpoint"), str):
+            raise ValueError("it names no checkpoint")
+    except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{path} is damaged ({e})",
+            hint="delete it and run `tandemc run SPEC train`: the stage finishes again from its "
+            "last checkpoint",
+        ) from None
+    return info
+
+
 def latest(directory: Path) -> Path | None:
     found = sorted(p for p in directory.glob("step_*") if (p / "meta.json").exists())
     return found[-1] if found else None

@@ -54,10 +54,10 @@ def train_router(r, batches: int = 12, rows: int = 8, prompt_len: int = 64, roun
 
     d, a = _adaptive(r)
     stage_dir = r.run_dir / STAGE
-    final = stage_dir / "final.json"
-    if final.exists():
-        r.log(f"{STAGE}: done ({final}); delete the directory to retrain")
-        return json.loads(final.read_text())
+    info = checkpoint.finished(stage_dir)
+    if info is not None:
+        r.log(f"{STAGE}: done ({stage_dir / 'final.json'}); delete the directory to retrain")
+        return info
     stage_dir.mkdir(parents=True, exist_ok=True)
     params = trained_params(r, require=True)
     data_file = stage_dir / "data.npz"
@@ -106,7 +106,7 @@ def train_router(r, batches: int = 12, rows: int = 8, prompt_len: int = 64, roun
     out = {"checkpoint": ckpt.name, "steps": steps, "positions": len(data.tv),
            "train_positions": len(train.tv), "val_positions": len(val.tv),
            "acceptance_by_position": _by_position(data), **res.report}  # fmt: skip
-    checkpoint.write_json_atomic(final, out)
+    checkpoint.write_json_atomic(stage_dir / "final.json", out)
     print_router_report(r, out)
     return out
 

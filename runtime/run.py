@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import os
 import tempfile
 import time
@@ -231,14 +230,15 @@ def _check_trained(r: Run, index: int, info: dict) -> None:
 
 
 def _model_from_stage(stage_dir: Path, name: str, template) -> dict:
-    final = stage_dir / "final.json"
-    if not final.exists():
+    info = checkpoint.finished(stage_dir)
+    if info is None:
         raise UserError(
-            f"model '{name}' loads from {stage_dir}, but that stage has not finished (no {final})",
+            f"model '{name}' loads from {stage_dir}, but that stage has not finished "
+            f"(no {stage_dir / 'final.json'})",
             field=("models", name, "init", "path"),
             hint="train it first (tandemc run SPEC train with the spec that trains it)",
         )
-    ckpt = stage_dir / json.loads(final.read_text())["checkpoint"]
+    ckpt = stage_dir / info["checkpoint"]
     arrays = checkpoint.load_subtree(ckpt, name, template)
     if arrays is None:
         raise UserError(f"checkpoint {ckpt} holds no parameters for model '{name}'")
@@ -253,13 +253,15 @@ def trained_params(r: Run, require: bool = False) -> dict:
     done = 0
     for i, stage in enumerate(r.prog.train):
         stage_dir = r.run_dir / stage.name
-        if (stage_dir / "final.json").exists():
-            info = json.loads((stage_dir / "final.json").read_text())
+        with at_field(("train", i)):
+            info = checkpoint.finished(stage_dir)
+            if info is None:
+                continue
             _check_trained(r, i, info)
             ckpt = stage_dir / info["checkpoint"]
             for name in stage.trainable:
                 params[name] = checkpoint.load_subtree(ckpt, name, params[name])
-            done += 1
+        done += 1
     if done < len(r.prog.train):
         msg = f"{len(r.prog.train) - done} of {len(r.prog.train)} train stages not run"
         if require:

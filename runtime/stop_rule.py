@@ -38,10 +38,9 @@ def _template(n_in: int, hidden: int) -> dict:
 
 def load_router(r) -> dict | None:
     d, a = _adaptive(r)
-    final = r.run_dir / STAGE / "final.json"
-    if not final.exists():
+    info = checkpoint.finished(r.run_dir / STAGE)
+    if info is None:
         return None
-    info = json.loads(final.read_text())
     n_in = n_features(a.top_k, r.prog.model(d.draft).d_model)
     tree, meta = checkpoint.restore(r.run_dir / STAGE / info["checkpoint"],
                                     {ROUTER: _template(n_in, a.hidden)})  # fmt: skip

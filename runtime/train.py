@@ -127,8 +127,8 @@ def train_stage(
     final = stage_dir / "final.json"
     template = init_train_state(prog, stage, params)
     shape_hash = checkpoint.shape_hash(template)
-    if final.exists():
-        info = json.loads(final.read_text())
+    info = checkpoint.finished(stage_dir)
+    if info is not None:
         _same_config(stage, stage_dir, info.get("config"), config, log, finished=True)
         if info["steps"] > stage.steps:
             raise UserError(

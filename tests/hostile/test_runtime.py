@@ -345,3 +345,15 @@ def test_a_second_process_on_the_same_run_directory_is_refused(trained, tmp_path
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"steps": 2}', ""])
+@pytest.mark.parametrize("verb", ["train", "generate"])
+def test_a_damaged_final_json_is_named_with_the_way_out(trained, tmp_path, verb, text):
+    spec, run_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "large/final.json").write_text(text)
+    o = run_cli(["run", spec, verb, "--run-dir", copy])
+    assert_clean(o, f"{spec}:", "E-RUN")
+    assert "final.json is damaged" in o.first_line and "delete it" in o.err
