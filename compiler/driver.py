@@ -20,6 +20,7 @@ from tandem_dsl import api
 
 from .artifacts import CompiledProgram, ProgramDef, lower_program, write_atomic, write_program
 from .build import build_ir, format_ir
+from .errors import InputError
 from .plan import make_plan
 from .sharding import Sharder, summary
 from .stages import EMITS
@@ -95,7 +96,7 @@ def compile_spec(
         known = {d.name for d in defs}
         unknown = [p for p in programs if p not in known]
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown program(s) {', '.join(unknown)}; this spec has {', '.join(sorted(known))}"
             )
         defs = [d for d in defs if d.name in programs]

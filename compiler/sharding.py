@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .errors import InputError
 from .ir import MeshIR, ProgramIR, TrainStageIR
 from .router.features import ROUTER
 from .shapes import abstract_params, train_state_shape
@@ -47,7 +48,7 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
 )
 
 
-class ShardingError(ValueError):
+class ShardingError(InputError):
     """An impossible mesh or a parameter the sharding rules do not cover."""
 
 

@@ -10,6 +10,7 @@ def cmd_compile(args) -> int:
 
     from compiler.build import format_ir
     from compiler.driver import EMITS, compile_spec
+    from compiler.errors import InputError
     from compiler.plan import format_plan
     from runtime.errors import UserError
 
@@ -53,7 +54,7 @@ def cmd_compile(args) -> int:
             log=log,
             devices=args.devices,
         )
-    except ValueError as e:
+    except InputError as e:  # any other exception is a compiler bug: its traceback stays
         raise UserError(str(e)) from None
     if result.ir is not None:
         console.print(format_ir(result.ir))

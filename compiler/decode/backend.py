@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from compiler.decode.drafting import cut_head
+from compiler.errors import InputError
 from compiler.ir import DecodeIR, DecoderIR, ProgramIR
 from compiler.nn.packed import pack
 
@@ -43,7 +44,7 @@ def choose(requested: str, n_devices: int = 1) -> Backend:
     """The backend for `requested` (auto / xla / kernel); ValueError when `kernel` is asked for
     and cannot run here."""
     if requested not in BACKENDS:
-        raise ValueError(f"decode.backend {requested!r}: expected one of {BACKENDS}")
+        raise InputError(f"decode.backend {requested!r}: expected one of {BACKENDS}")
     if requested == "xla":
         return Backend("xla", "asked for")
     from compiler import kernels
@@ -58,7 +59,7 @@ def choose(requested: str, n_devices: int = 1) -> Backend:
     if problem is None:
         return Backend("kernel", f"{kernel.isa}, XLA's CPU thread pool")
     if requested == "kernel":
-        raise ValueError(f"decode.backend kernel: {problem}; use auto or xla")
+        raise InputError(f"decode.backend kernel: {problem}; use auto or xla")
     return Backend("xla", problem)
 
 
