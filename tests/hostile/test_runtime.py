@@ -357,3 +357,14 @@ def test_a_damaged_final_json_is_named_with_the_way_out(trained, tmp_path, verb,
     o = run_cli(["run", spec, verb, "--run-dir", copy])
     assert_clean(o, f"{spec}:", "E-RUN")
     assert "final.json is damaged" in o.first_line and "delete it" in o.err
+
+
+def test_a_compiler_bug_keeps_its_traceback(trained, monkeypatch):
+    import compiler.driver
+
+    def broken(*args, **kwargs):
+        raise ValueError("an invariant the compiler broke")
+
+    monkeypatch.setattr(compiler.driver, "compile_spec", broken)
+    with pytest.raises(ValueError, match="invariant"):  # not exit 2 with a user-error line
+        main(["compile", str(trained[0])])
