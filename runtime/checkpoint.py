@@ -71,7 +71,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def finished(stage_dir: Path) -> dict | None:
     """A finished stage's `final.json` (None while the stage has not finished): the one
-    place that reads it. It names at least `checkpoint`, the step folder holding the result."""
+    place that reads it. It names at least `checkpoint` (the step folder holding the result)
+    and `steps`."""
     path = stage_dir / "final.json"
     if not path.exists():
         return None
@@ -79,6 +80,8 @@ def finished(stage_dir: Path) -> dict | None:
         info = json.loads(path.read_text())
         if not isinstance(info, dict) or not isinstance(info.get("checkpoint"), str):
             raise ValueError("it names no checkpoint")
+        if not isinstance(info.get("steps"), int):
+            raise ValueError("it holds no step count")
     except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise CheckpointError(
             f"{path} is damaged ({e})",

@@ -31,7 +31,7 @@ def needs(prog: ProgramIR, train: bool, generated=None) -> list[tuple[int, str, 
         (n * dtype_bytes.get(name, 4), name, _field(prog, name)) for name, n in counts.items()
     ]
     total = sum(b for b, _, _ in params)
-    biggest = max(params)
+    biggest = max(params, default=(0, "none", ("models",)))
     out = [(total, f"the parameters ({biggest[1]}: {_gb(biggest[0])})", biggest[2])]
     if generated is not None and train:
         m = prog.model(generated.model)
@@ -45,8 +45,9 @@ def needs(prog: ProgramIR, train: bool, generated=None) -> list[tuple[int, str, 
     for i, stage in enumerate(prog.train):
         trained = sum(counts[n] for n in stage.trainable if n in counts)
         state = trained * 4 * (1 + MOMENTS.get(stage.optimizer.kind, 2))
-        vocab = max((m.vocab for m in prog.models), default=0)
-        logits = stage.batch * stage.seq_len * vocab * 4 * (2 if stage.objective.teacher else 1)
+        scored = [n for n in (stage.objective.model, stage.objective.teacher) if n]
+        vocab = sum(prog.model(n).vocab for n in scored)  # the student's (and teacher's) logits
+        logits = stage.batch * stage.seq_len * vocab * 4
         what = f"stage '{stage.name}': optimizer state {_gb(state)}, logits {_gb(logits)}"
         field = ("train", i, "batch") if logits > state else ("train", i, "trainable")
         out.append((total + state + logits, what, field))

@@ -107,6 +107,17 @@ def embed_init(ctx: Context):
 
 
 @check
+def some_model(ctx: Context):
+    if not ctx.spec.models:
+        ctx.error(
+            "E-CHECK-UNKNOWN-MODEL",
+            "the spec defines no models",
+            ("models",),
+            "add one, e.g. models: {large: {d_model: 256, n_layers: 4, n_heads: 4}}",
+        )
+
+
+@check
 def init_paths(ctx: Context):
     for name, m in ctx.spec.models.items():
         p = ("models", name, "init")

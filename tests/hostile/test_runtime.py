@@ -347,7 +347,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(trained, tmp_path
         first.wait()
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"steps": 2}', ""])
+@pytest.mark.parametrize("text", ["{", "[]", '{"steps": 2}', '{"checkpoint": "step_00000002"}', ""])
 @pytest.mark.parametrize("verb", ["train", "generate"])
 def test_a_damaged_final_json_is_named_with_the_way_out(trained, tmp_path, verb, text):
     spec, run_dir = trained

@@ -55,6 +55,7 @@ FILES = {
     "scalar_root": ("just words\n", "E-YAML-ROOT", "scalar_root.yaml:1:1"),
     "no_version": (BASE.replace("tandem: 1\n", ""), "E-SCHEMA-MISSING", "no_version.yaml:1:1"),
     "version_2": (BASE.replace("tandem: 1", "tandem: 2"), "E-VERSION", "version_2.yaml:1:"),
+    "no_models": ("tandem: 1\nname: x\nmodels: {}\n", "E-CHECK-UNKNOWN-MODEL", ":3:"),
     "version_str": (BASE.replace("tandem: 1", "tandem: one"), "E-SCHEMA-TYPE", ":1:"),
     "include_zero": (BASE + "include: [/dev/zero]\n", "E-INCLUDE-OUTSIDE", ":13:"),
     "include_up": (BASE + "include: [../outside.yaml]\n", "E-INCLUDE-OUTSIDE", ":13:"),
