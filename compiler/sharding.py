@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -361,14 +362,33 @@ def _spec_str(spec: P) -> str:
     return "P(" + ", ".join("None" if e is None else repr(e) for e in spec) + ")"
 
 
+# What `jax.distributed.initialize` does not read itself (it reads JAX_COORDINATOR_ADDRESS and
+# the cluster's own variables on TPU pods, SLURM, Open MPI and Kubernetes).
+PROCESS_ENV = {"JAX_NUM_PROCESSES": "num_processes", "JAX_PROCESS_ID": "process_id"}
+
+
+def distributed_args(environ=os.environ) -> dict[str, int]:
+    """The process count and id given in the environment, as initialize's arguments."""
+    out = {}
+    for name, arg in PROCESS_ENV.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise InputError(f"{name}={text!r}: give a whole number")
+        out[arg] = int(text)
+    return out
+
+
 def maybe_initialize_distributed(enabled: bool) -> bool:
-    """`jax.distributed.initialize()` from the environment (coordinator address, process
-    count and id, or the cluster's own variables on TPU pods, SLURM, Kubernetes...).
-    Must run before anything touches the devices. Returns whether it ran."""
+    """`jax.distributed.initialize()` from the environment: JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID, or the cluster's own variables (TPU pods, SLURM,
+    Open MPI, Kubernetes). Must run before anything touches the devices. Returns whether it
+    ran."""
     if not enabled:
         return False
     if not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        jax.distributed.initialize(**distributed_args())
     return True
 
 

@@ -40,9 +40,8 @@ def cmd_compile(args) -> int:
 
     from compiler.sharding import maybe_initialize_distributed
 
-    maybe_initialize_distributed(args.distributed)
-
     try:
+        maybe_initialize_distributed(args.distributed)
         result = compile_spec(
             args.spec,
             args.out,

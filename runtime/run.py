@@ -27,6 +27,7 @@ from compiler.build import build_ir
 from compiler.decode.backend import Backend
 from compiler.decode.backend import choose as choose_backend
 from compiler.decode.backend import prepare as prepare_params
+from compiler.errors import InputError
 from compiler.ir import DecodeIR, ProgramIR
 from compiler.router import ROUTER
 from compiler.sharding import Sharder, generate_program, maybe_initialize_distributed
@@ -67,7 +68,10 @@ def open_run(
     environment variable TANDEM_DISTRIBUTED is 1)."""
     if distributed is None:
         distributed = os.environ.get("TANDEM_DISTRIBUTED", "") == "1"
-    maybe_initialize_distributed(distributed)
+    try:
+        maybe_initialize_distributed(distributed)
+    except InputError as e:
+        raise UserError(str(e)) from None
     loaded = api.load_checked(spec_path, overrides)
     spec = loaded.spec
     prog = build_ir(spec)

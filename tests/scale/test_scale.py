@@ -107,3 +107,23 @@ def test_pod_spec_plans_on_abstract_devices():
     assert large_bytes / 8 <= per_device["params:large"] < large_bytes / 7
     assert per_device["kv_cache:large"] == 8 * 4096 * 32 * 2 * 8 * 128 * 2 // 64
     assert not plan["notes"]
+
+
+def test_the_process_count_and_id_come_from_the_environment(monkeypatch):
+    from compiler import sharding
+    from compiler.errors import InputError
+
+    env = {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1", "JAX_COORDINATOR_ADDRESS": "h:1"}
+    assert sharding.distributed_args(env) == {"num_processes": 2, "process_id": 1}
+    assert sharding.distributed_args({}) == {}  # left to JAX's cluster detection
+    with pytest.raises(InputError, match="JAX_PROCESS_ID='one'"):
+        sharding.distributed_args({"JAX_PROCESS_ID": "one"})
+    called = {}
+    monkeypatch.setattr(sharding.jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(sharding.jax.distributed, "initialize", lambda **kw: called.update(kw))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert sharding.maybe_initialize_distributed(True) and called == {
+        "num_processes": 2,
+        "process_id": 1,
+    }
