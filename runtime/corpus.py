@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Prefetcher, TokenStream, list_documents, split_documents
-from .errors import UserError
+from .errors import UserError, at_field
 
 
 class _Resumable:
@@ -63,20 +63,14 @@ class SpecData:
     from those."""
 
     def __init__(self, spec, tokenizer, generated: list[Path] = ()):
-        try:
+        with at_field(("data", "paths" if spec.data.paths else "corpus"), values=True):
             docs = list_documents(spec.data.corpus, spec.data.paths)
-        except ValueError as e:
-            raise UserError(
-                str(e), field=("data", "paths" if spec.data.paths else "corpus")
-            ) from None
         self.tokenizer = tokenizer
         self.seed = spec.data.seed
-        try:
+        with at_field(("data", "val_fraction"), values=True):
             self.train_docs, self.val_docs = split_documents(
                 docs, spec.data.val_fraction, self.seed
             )
-        except ValueError as e:
-            raise UserError(str(e), field=("data", "val_fraction")) from None
         self.generated = list(generated)
         self.share = spec.data.generated.share if self.generated else 0.0
 

@@ -44,11 +44,8 @@ def stage_config(spec, prog: ProgramIR, index: int) -> dict:
     models = {}
     for m in prog.models:
         if m.name in read:
-            shape = dataclasses.asdict(m)
-            if m.pos != "learned":  # the decode cache length shapes no rope weight
-                del shape["max_len"]
             init = dataclasses.asdict(spec.models[m.name].init)
-            models[m.name] = {**shape, "init": init}
+            models[m.name] = {**_weight_shape(dataclasses.asdict(m)), "init": init}
     wirings = [dataclasses.asdict(w) for w in prog.wirings if w.query in read]
     before = {}
     for earlier in prog.train[:index]:
@@ -72,13 +69,16 @@ def fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _weight_shape(model: dict) -> dict:
+    """A model's IR fields that its weights depend on: all but the decode cache length
+    (max_len), which shapes only a learned position table."""
+    return {k: v for k, v in model.items() if k != "max_len" or model.get("pos") == "learned"}
+
+
 def upgrade(recorded: dict) -> dict:
-    """A config recorded by an older tandem-dsl, in today's form: it listed the decode cache
-    length (max_len) of rope models, which no weight depends on."""
-    models = {
-        name: {k: v for k, v in m.items() if k != "max_len" or m.get("pos") == "learned"}
-        for name, m in recorded.get("models", {}).items()
-    }
+    """A config recorded by an older tandem-dsl, in today's form: it listed max_len for
+    every model."""
+    models = {name: _weight_shape(m) for name, m in recorded.get("models", {}).items()}
     return {**recorded, "models": models}
 
 
