@@ -302,8 +302,9 @@ class Decode:
     )
     backend: str = opt(
         "auto",
-        doc="Mat-mul backend of decoding: `kernel` (a packed CPU kernel, built from source on "
-        "first use: verifying k tokens costs about one step), `xla` (XLA's dots), or `auto` "
+        doc="Backend of decoding's mat-muls and cache attention: `kernel` (CPU kernels, built "
+        "from source on first use: verifying k tokens costs about one step), `xla` (XLA's "
+        "dots), or `auto` "
         "(the kernel on a single CPU device when it builds, else xla).",
         enum=["auto", "xla", "kernel"],
     )

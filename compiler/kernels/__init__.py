@@ -1,10 +1,12 @@
 """CPU kernels: C++ compiled from source with this machine's compiler on first use, cached, and
 registered with XLA through `jax.ffi` for the CPU platform only.
 
-`load()` builds (once per source, jaxlib and compiler) and registers the packed mat-mul
-(`packed_matmul.cc`), or says in one warning line why it cannot, and decoding then keeps
-XLA's dots. The cache folder is `$TANDEM_KERNEL_CACHE`, else `$XDG_CACHE_HOME/tandem-dsl`,
-else `~/.cache/tandem-dsl`; the compiler is `$CXX`, else g++, c++ or clang++.
+`load()` builds one library (once per source, jaxlib and compiler) and registers its two
+targets, the packed mat-mul (`packed_matmul.cc`) and the decode-time attention over a KV cache
+(`cache_attention.cc`), or says in one warning line why it cannot, and decoding then keeps
+XLA's dots and attention. The cache folder is `$TANDEM_KERNEL_CACHE`, else
+`$XDG_CACHE_HOME/tandem-dsl`, else `~/.cache/tandem-dsl`; the compiler is `$CXX`, else g++,
+c++ or clang++.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 import jax
 import jaxlib
 
-SOURCE = Path(__file__).with_name("packed_matmul.cc")
+SOURCES = tuple(Path(__file__).with_name(f) for f in ("packed_matmul.cc", "cache_attention.cc"))
 TARGET = "tandem_packed_matmul"
+ATTENTION_TARGET = "tandem_cache_attention"
 ISAS = ("scalar", "avx2", "avx512")  # the kernel's instruction-set codes 0, 1, 2
 
 
@@ -69,10 +72,15 @@ def _build(cxx: str) -> Path:
     key = hashlib.sha256(
         b"\0".join(
             x.encode()
-            for x in (SOURCE.read_text(), jaxlib.__version__, version.stdout, platform.machine())
+            for x in (
+                *(f.read_text() for f in SOURCES),
+                jaxlib.__version__,
+                version.stdout,
+                platform.machine(),
+            )  # fmt: skip
         )
     ).hexdigest()[:16]
-    out = cache_dir() / f"packed_matmul-{key}.so"
+    out = cache_dir() / f"tandem_kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +89,7 @@ def _build(cxx: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir(),
-           str(SOURCE), "-o", tmp]  # fmt: skip
+           *map(str, SOURCES), "-o", tmp]  # fmt: skip
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
@@ -102,14 +110,21 @@ def load() -> Kernel | None:
         try:
             path = _build(_compiler())
             lib = ctypes.cdll.LoadLibrary(str(path))
-            jax.ffi.register_ffi_target(
-                TARGET, jax.ffi.pycapsule(lib.TandemPackedMatmul), platform="cpu"
-            )
+            for target, symbol in ((TARGET, lib.TandemPackedMatmul),
+                                   (ATTENTION_TARGET, lib.TandemCacheAttention)):  # fmt: skip
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
             return Kernel(path, lib)
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             reason = f"could not build it ({e})"
     print(f"warning: CPU decode kernel off, using XLA dots: {reason}", file=sys.stderr)
     return None
+
+
+def call(target: str, result: jax.ShapeDtypeStruct, *args, **attrs) -> jax.Array:
+    """The CPU kernel `target` on args (inside a CPU lowering; registers it on first use)."""
+    if load() is None:
+        raise RuntimeError("this program needs the CPU kernel, which is not available here")
+    return jax.ffi.ffi_call(target, result, vmap_method="sequential")(*args, **attrs)
 
 
 def unavailable_reason() -> str | None:

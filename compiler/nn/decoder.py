@@ -26,9 +26,9 @@ import jax.numpy as jnp
 
 from compiler.ir import DecoderIR
 from compiler.nn.attention import (
+    CacheRule,
     attend,
     attn_out,
-    cache_mask,
     causal_mask,
     init_attn,
     queries_keys_values,
@@ -47,10 +47,11 @@ from compiler.nn.layers import (
     norm,
     unembed,
 )
+from compiler.nn.packed import is_packed
 
-# context(l, layer_params, k, v) -> (keys [B, S, K, E], values [B, S, K, E], mask [B, T, S])
-# given the new tokens' own k, v [B, T, K, E] for layer l.
-Context = Callable[[int, dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+# context(l, layer_params, k, v) -> (keys [B, S, K, E], values [B, S, K, E], mask [B, T, S]
+# or a CacheRule) given the new tokens' own k, v [B, T, K, E] for layer l.
+Context = Callable[[int, dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array, object]]
 
 
 def init_decoder(cfg: DecoderIR, rng) -> dict:
@@ -120,7 +121,8 @@ def run_layers(
         h = norm(p["attn_norm"], cfg, x)
         q, k, v = queries_keys_values(p["attn"], cfg, h, positions)  # [B, T, H|K, E]
         keys, values, mask = context(layer, p, k, v)
-        x = x + attn_out(p["attn"], attend(q, keys, values, mask))
+        o = attend(q, keys, values, mask, kernel=is_packed(p["attn"]))
+        x = x + attn_out(p["attn"], o)
         x = x + mlp(p["mlp"], cfg, norm(p["mlp_norm"], cfg, x))
         hiddens.append(x)
     return hiddens
@@ -171,8 +173,7 @@ def decoder_block(
     start = jnp.asarray(start, jnp.int32)
     positions = start[:, None] + jnp.arange(k_new, dtype=jnp.int32)  # [B, K]
     x = embed(params["embed"], cfg, tokens, positions)
-    max_len = cache[0]["k"].shape[1] if cache else 0
-    mask = cache_mask(positions, max_len)  # [B, K, S]
+    mask = CacheRule(positions)  # slot s visible iff s <= position
     new_cache = list(cache)
 
     def cache_context(layer, p, k, v):

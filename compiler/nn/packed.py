@@ -97,7 +97,11 @@ def _dot_panels(x2: jax.Array, panels: jax.Array, d_out: int) -> jax.Array:
 def _kernel_call(x2: jax.Array, panels: jax.Array, d_out: int) -> jax.Array:
     from compiler import kernels
 
-    if kernels.load() is None:  # registers the target on first use
-        raise RuntimeError("packed weights need the CPU kernel, which is not available here")
     out = jax.ShapeDtypeStruct((x2.shape[0], d_out), jnp.float32)
-    return jax.ffi.ffi_call(kernels.TARGET, out, vmap_method="sequential")(x2, panels)
+    return kernels.call(kernels.TARGET, out, x2, panels)
+
+
+def is_packed(params: dict) -> bool:
+    """Whether a layer's attention params were packed for the CPU kernel (then its attention
+    over the cache runs the kernel too)."""
+    return isinstance(params.get("wqkv"), PackedWeight)
