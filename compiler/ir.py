@@ -110,27 +110,17 @@ class ProjectionIR:
     """Maps large-model residual vectors (d_in) to small-model ones (d_out)."""
 
     name: str
-    kind: str  # linear | mlp
+    kind: str  # a key of compiler.nn.projection.KINDS
     d_in: int
     d_out: int
     per_layer: bool = True  # one projection per wired small layer, or one shared
     bias: bool = False
-    hidden: int = 0  # mlp only; 0 = d_out
+    hidden: int = 0  # the inner width of kinds that have one; 0 = d_out
 
     @property
     def hidden_dim(self) -> int:
-        """Width of the MLP projection's hidden layer."""
+        """The inner width (e.g. an mlp projection's hidden layer)."""
         return self.hidden if self.hidden > 0 else self.d_out
-
-    def param_count(self, n_wired: int) -> int:
-        """Exact size of `compiler.nn.init_projection` for `n_wired` wired small layers."""
-        if self.kind == "linear":
-            one = self.d_in * self.d_out + (self.d_out if self.bias else 0)
-        else:
-            h = self.hidden_dim
-            one = self.d_in * h + h * self.d_out + ((h + self.d_out) if self.bias else 0)
-        copies = n_wired if self.per_layer else 1
-        return copies * one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,11 +268,3 @@ class ProgramIR:
             if w.query == query:
                 return w
         return None
-
-    def param_counts(self) -> dict[str, int]:
-        """{model or projection name: exact parameter count}, as `compiler.nn.init_params`."""
-        counts = {m.name: m.param_count for m in self.models}
-        for w in self.wirings:
-            if w.kind != "none" and w.projection is not None:
-                counts.setdefault(w.projection.name, w.projection.param_count(len(w.wired_layers)))
-        return counts

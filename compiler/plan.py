@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from .ir import ProgramIR
+from .nn.projection import param_count
+
+
+def param_counts(prog: ProgramIR) -> dict[str, int]:
+    """{model or projection name: exact parameter count}, as `compiler.nn.init_params`."""
+    counts = {m.name: m.param_count for m in prog.models}
+    for w in prog.wirings:
+        if w.kind != "none" and w.projection is not None:
+            counts.setdefault(w.projection.name, param_count(w.projection, len(w.wired_layers)))
+    return counts
 
 
 def make_plan(prog: ProgramIR) -> dict:
@@ -25,10 +35,10 @@ def make_plan(prog: ProgramIR) -> dict:
         p = w.projection
         n_wired = len(w.wired_layers)
         projections[p.name] = {
-            "params": p.param_count(n_wired),
+            "params": param_count(p, n_wired),
             "kind": p.kind,
             "per_layer": p.per_layer,
-            "flops_per_token": 2 * p.param_count(n_wired),
+            "flops_per_token": 2 * param_count(p, n_wired),
         }
         wiring.append(
             {

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 
 from compiler.ir import ProgramIR
+from compiler.plan import param_counts
 
 from .errors import UserError
 
@@ -26,7 +27,7 @@ def needs(prog: ProgramIR, train: bool, generated=None) -> list[tuple[int, str, 
     `train` each stage's own need on top of them; with `generated` (the spec's
     data.generated) its generation batch's KV cache and prompt logits."""
     dtype_bytes = {m.name: m.dtype_bytes for m in prog.models}
-    counts = prog.param_counts()
+    counts = param_counts(prog)
     params = [
         (n * dtype_bytes.get(name, 4), name, _field(prog, name)) for name, n in counts.items()
     ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import expr
 from .diagnostics import Collector, did_you_mean
-from .model import NAME_HINT, Spec, Wiring, bad_name_message, valid_name
+from .model import NAME_HINT, PROJECTION_KINDS, Spec, Wiring, bad_name_message, valid_name
 from .source import Doc
 
 RESERVED_STAGE_NAMES = ("generated", "router")  # other entries of a run directory
@@ -175,10 +175,10 @@ def projections(ctx: Context):
         p = ("projections", name)
         ctx.model_ref(proj.from_, p + ("from",))
         ctx.model_ref(proj.to, p + ("to",))
-        if proj.type == "mlp" and proj.hidden <= 0:
+        if PROJECTION_KINDS.get(proj.type) and proj.hidden <= 0:
             ctx.error(
                 "E-CHECK-PROJECTION-HIDDEN",
-                "an mlp projection needs a hidden width",
+                f"a {proj.type} projection needs a hidden width",
                 p + ("type",),
                 "add `hidden: 256` (or use type: linear)",
             )

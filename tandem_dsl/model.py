@@ -24,6 +24,9 @@ MAX_HEADS = 1024
 MAX_VOCAB = 1 << 22
 MAX_TOKENS = 1 << 20
 MAX_BATCH = 1 << 20
+# Projection kinds, each with whether it needs `hidden` (an inner width). The compiler has one
+# entry per name (compiler/nn/projection.py KINDS); a test keeps the two in step.
+PROJECTION_KINDS = {"linear": False, "mlp": True}
 # Names become folder and file names (runs/<name>/<stage>/...) and parameter keys.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_HINT = (
@@ -174,11 +177,18 @@ class Decoder:
 class Projection:
     from_: str = opt(doc="Source model (the large one).", yaml="from")
     to: str = opt(doc="Destination model (the small one).")
-    type: str = opt("linear", doc="Projection kind.", enum=["linear", "mlp"])
+    type: str = opt(
+        "linear",
+        doc="Projection kind: `linear` (one matrix), `mlp` (two layers, gelu between).",
+        enum=list(PROJECTION_KINDS),
+    )
     per_layer: bool = opt(True, doc="One projection per wired layer (else one shared).")
     bias: bool = opt(False, doc="Add a bias.")
     hidden: int = opt(
-        0, doc="Hidden width of an `mlp` projection.", minimum=0, maximum=16 * MAX_WIDTH
+        0,
+        doc="Inner width of the kinds that have one (`mlp`: its hidden layer).",
+        minimum=0,
+        maximum=16 * MAX_WIDTH,
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax
 
+from compiler.nn.projection import leaf_axes
+
 # leaf name -> axes, keyed by (parent, leaf) first, then leaf alone
 _AXES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     ("embed", "tokens"): ("vocab", "embed"),
@@ -23,13 +25,8 @@ _AXES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     ("lm_head", "w"): ("embed", "vocab"),
     ("scale",): ("embed",),
     ("bias",): ("embed",),
-    # projections
-    ("w",): (None, "embed"),
-    ("b",): ("embed",),
-    ("w_in",): (None, "mlp"),
-    ("b_in",): ("mlp",),
-    ("w_out",): ("mlp", "embed"),
-    ("b_out",): ("embed",),
+    # projections: each kind's leaves (compiler/nn/projection.py)
+    **{(leaf,): axes for leaf, axes in leaf_axes().items()},
     # caches
     ("k",): ("batch", "length", "kv_heads", "head_dim"),
     ("v",): ("batch", "length", "kv_heads", "head_dim"),

@@ -3,13 +3,17 @@
 Params, keyed by the small layer that reads them (per_layer) or one shared copy:
   per_layer: {"layers_<j>": copy} for every wired small layer j
   shared:    {"shared": copy}
-  copy (linear): w [d_in, d_out] (+ b [d_out] with bias)
-  copy (mlp):    w_in [d_in, hidden], w_out [hidden, d_out] (+ b_in [hidden], b_out [d_out]),
-                 gelu (tanh) in between; hidden = ProjectionIR.hidden_dim
+A copy's leaves are what its kind says (`KINDS`). The spec names the kinds
+(`tandem_dsl.model.PROJECTION_KINDS`, with whether each needs `hidden`); every name has one
+entry here, which owns its params (shapes, init, logical axes) and its map
+(docs/extending.md).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -19,23 +23,84 @@ from compiler.ir import ProjectionIR
 from compiler.nn.layers import DTYPES, materialize, normal
 
 
+@dataclass(frozen=True)
+class Leaf:
+    shape: tuple[int, ...]
+    std: float  # normal init with this std; 0: zeros
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One projection kind: the leaves of a copy, their logical axes (the input side, the
+    large model's width, None) and the map x [B, T, d_in] -> [B, T, d_out]."""
+
+    leaves: Callable[[ProjectionIR], dict[str, Leaf]]
+    axes: dict[str, tuple[str | None, ...]]
+    apply: Callable[[dict, jax.Array], jax.Array]
+
+
+def _linear_leaves(p: ProjectionIR) -> dict[str, Leaf]:
+    out = {"w": Leaf((p.d_in, p.d_out), p.d_in**-0.5)}
+    return {**out, "b": Leaf((p.d_out,), 0.0)} if p.bias else out
+
+
+def _linear(c: dict, x: jax.Array) -> jax.Array:
+    y = jnp.einsum("bti,io->bto", x.astype(c["w"].dtype), c["w"])
+    return y + c["b"] if "b" in c else y
+
+
+def _mlp_leaves(p: ProjectionIR) -> dict[str, Leaf]:
+    h = p.hidden_dim
+    out = {"w_in": Leaf((p.d_in, h), p.d_in**-0.5), "w_out": Leaf((h, p.d_out), h**-0.5)}
+    if p.bias:
+        out |= {"b_in": Leaf((h,), 0.0), "b_out": Leaf((p.d_out,), 0.0)}
+    return out
+
+
+def _mlp(c: dict, x: jax.Array) -> jax.Array:
+    """gelu (tanh) between the two layers."""
+    hid = jnp.einsum("bti,ih->bth", x.astype(c["w_in"].dtype), c["w_in"])
+    hid = hid + c["b_in"] if "b_in" in c else hid
+    y = jnp.einsum("bth,ho->bto", jax.nn.gelu(hid, approximate=True), c["w_out"])
+    return y + c["b_out"] if "b_out" in c else y
+
+
+KINDS: dict[str, Kind] = {
+    "linear": Kind(_linear_leaves, {"w": (None, "embed"), "b": ("embed",)}, _linear),
+    "mlp": Kind(
+        _mlp_leaves,
+        {"w_in": (None, "mlp"), "b_in": ("mlp",), "w_out": ("mlp", "embed"), "b_out": ("embed",)},
+        _mlp,
+    ),
+}
+
+
+def kind_of(proj: ProjectionIR) -> Kind:
+    try:
+        return KINDS[proj.kind]
+    except KeyError:
+        raise ValueError(f"projection {proj.name!r}: unknown kind {proj.kind!r}") from None
+
+
+def leaf_axes() -> dict[str, tuple[str | None, ...]]:
+    """Every projection leaf name -> its logical axes (one meaning per name across kinds)."""
+    out: dict[str, tuple[str | None, ...]] = {}
+    for kind in KINDS.values():
+        out |= kind.axes
+    return out
+
+
 def _init_copy(proj: ProjectionIR, dt) -> dict:
-    if proj.kind == "linear":
-        p = {"w": normal((proj.d_in, proj.d_out), proj.d_in**-0.5, dt)}
-        if proj.bias:
-            p["b"] = jnp.zeros((proj.d_out,), dt)
-        return p
-    if proj.kind == "mlp":
-        hid = proj.hidden_dim
-        p = {
-            "w_in": normal((proj.d_in, hid), proj.d_in**-0.5, dt),
-            "w_out": normal((hid, proj.d_out), hid**-0.5, dt),
-        }
-        if proj.bias:
-            p["b_in"] = jnp.zeros((hid,), dt)
-            p["b_out"] = jnp.zeros((proj.d_out,), dt)
-        return p
-    raise ValueError(f"projection {proj.name!r}: unknown kind {proj.kind!r}")
+    return {
+        name: normal(leaf.shape, leaf.std, dt) if leaf.std else jnp.zeros(leaf.shape, dt)
+        for name, leaf in kind_of(proj).leaves(proj).items()
+    }
+
+
+def param_count(proj: ProjectionIR, n_wired: int) -> int:
+    """Exact size of `init_projection` for `n_wired` wired small layers."""
+    one = sum(math.prod(leaf.shape) for leaf in kind_of(proj).leaves(proj).values())
+    return one * (n_wired if proj.per_layer else 1)
 
 
 @partial(jax.jit, static_argnums=(0, 1, 3))
@@ -54,14 +119,5 @@ def projection_spec(proj: ProjectionIR, wired_layers: tuple[int, ...], dtype: st
 
 def project(params: dict, proj: ProjectionIR, layer: int, x: jax.Array) -> jax.Array:
     """P_layer: x [B, T, d_in] -> [B, T, d_out] in the projection's dtype."""
-    p = params[f"layers_{layer}"] if proj.per_layer else params["shared"]
-    if proj.kind == "linear":
-        w = p["w"]
-        y = jnp.einsum("bti,io->bto", x.astype(w.dtype), w)
-        return y + p["b"] if "b" in p else y
-    w_in = p["w_in"]
-    hid = jnp.einsum("bti,ih->bth", x.astype(w_in.dtype), w_in)
-    if "b_in" in p:
-        hid = hid + p["b_in"]
-    y = jnp.einsum("bth,ho->bto", jax.nn.gelu(hid, approximate=True), p["w_out"])
-    return y + p["b_out"] if "b_out" in p else y
+    copy = params[f"layers_{layer}"] if proj.per_layer else params["shared"]
+    return kind_of(proj).apply(copy, x)

@@ -18,6 +18,8 @@ from compiler.nn import (
     init_projection,
     logical_axes,
 )
+from compiler.nn.projection import KINDS, param_count
+from compiler.plan import param_counts
 
 KEY = jax.random.PRNGKey(0)
 
@@ -57,12 +59,10 @@ def test_real_init_matches_count_and_is_deterministic():
     assert not jnp.array_equal(a["layers_0"]["attn"]["wq"], c["layers_0"]["attn"]["wq"])
 
 
-PROJECTIONS = [
-    dict(kind="linear", per_layer=True, bias=False),
-    dict(kind="linear", per_layer=True, bias=True),
-    dict(kind="linear", per_layer=False, bias=False),
-    dict(kind="mlp", per_layer=True, bias=True, hidden=24),
-    dict(kind="mlp", per_layer=False, bias=False, hidden=0),
+PROJECTIONS = [  # every kind, with and without bias, per layer and shared
+    dict(kind=kind, per_layer=per_layer, bias=bias, hidden=hidden)
+    for kind in KINDS
+    for per_layer, bias, hidden in ((True, False, 24), (True, True, 0), (False, True, 24))
 ]
 
 
@@ -71,7 +71,7 @@ PROJECTIONS = [
 def test_projection_param_count(kw, wired):
     proj = ProjectionIR(name="p", d_in=48, d_out=32, **kw)
     shapes = jax.eval_shape(lambda k: init_projection(proj, wired, k), KEY)
-    assert n_params(shapes) == proj.param_count(len(wired))
+    assert n_params(shapes) == param_count(proj, len(wired))
     assert set(shapes) == ({f"layers_{j}" for j in wired} if proj.per_layer else {"shared"})
 
 
@@ -84,7 +84,7 @@ def test_program_params_and_stable_names():
     prog = program([large, small, drafter], [wiring, none])
     params = init_params(prog, KEY)
     assert set(params) == {"large", "small", "drafter", "l2s"}
-    assert {k: n_params(v) for k, v in params.items()} == prog.param_counts()
+    assert {k: n_params(v) for k, v in params.items()} == param_counts(prog)
     # a model's init does not depend on which other models the program has
     alone = init_params(program([large]), KEY)
     assert jnp.array_equal(alone["large"]["embed"]["tokens"], params["large"]["embed"]["tokens"])
