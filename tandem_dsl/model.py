@@ -26,7 +26,7 @@ MAX_TOKENS = 1 << 20
 MAX_BATCH = 1 << 20
 # Projection kinds, each with whether it needs `hidden` (an inner width). The compiler has one
 # entry per name (compiler/nn/projection.py KINDS); a test keeps the two in step.
-PROJECTION_KINDS = {"linear": False, "mlp": True}
+PROJECTION_KINDS = {"linear": False, "mlp": True, "lowrank": True}
 # Names become folder and file names (runs/<name>/<stage>/...) and parameter keys.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_HINT = (
@@ -179,14 +179,16 @@ class Projection:
     to: str = opt(doc="Destination model (the small one).")
     type: str = opt(
         "linear",
-        doc="Projection kind: `linear` (one matrix), `mlp` (two layers, gelu between).",
+        doc="Projection kind: `linear` (one matrix), `mlp` (two layers, gelu between), "
+        "`lowrank` (one matrix of rank `hidden`, as two factors).",
         enum=list(PROJECTION_KINDS),
     )
     per_layer: bool = opt(True, doc="One projection per wired layer (else one shared).")
     bias: bool = opt(False, doc="Add a bias.")
     hidden: int = opt(
         0,
-        doc="Inner width of the kinds that have one (`mlp`: its hidden layer).",
+        doc="Inner width of the kinds that have one (`mlp`: its hidden layer; `lowrank`: the "
+        "rank).",
         minimum=0,
         maximum=16 * MAX_WIDTH,
     )

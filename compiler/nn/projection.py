@@ -65,12 +65,28 @@ def _mlp(c: dict, x: jax.Array) -> jax.Array:
     return y + c["b_out"] if "b_out" in c else y
 
 
+def _lowrank_leaves(p: ProjectionIR) -> dict[str, Leaf]:
+    """W = A B of rank r = hidden: r (d_in + d_out) params instead of d_in d_out."""
+    r = p.hidden_dim
+    out = {"w_a": Leaf((p.d_in, r), p.d_in**-0.5), "w_b": Leaf((r, p.d_out), r**-0.5)}
+    return {**out, "b": Leaf((p.d_out,), 0.0)} if p.bias else out
+
+
+def _lowrank(c: dict, x: jax.Array) -> jax.Array:
+    y = jnp.einsum("bti,ir->btr", x.astype(c["w_a"].dtype), c["w_a"])
+    y = jnp.einsum("btr,ro->bto", y, c["w_b"])
+    return y + c["b"] if "b" in c else y
+
+
 KINDS: dict[str, Kind] = {
     "linear": Kind(_linear_leaves, {"w": (None, "embed"), "b": ("embed",)}, _linear),
     "mlp": Kind(
         _mlp_leaves,
         {"w_in": (None, "mlp"), "b_in": ("mlp",), "w_out": ("mlp", "embed"), "b_out": ("embed",)},
         _mlp,
+    ),
+    "lowrank": Kind(
+        _lowrank_leaves, {"w_a": (None, None), "w_b": (None, "embed"), "b": ("embed",)}, _lowrank
     ),
 }
 
