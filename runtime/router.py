@@ -25,11 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from compiler.decode.programs import make_generate
-from compiler.decode.rules import ConfidenceRule, FixedRule, HeuristicRule, RouterRule
+from compiler.decode.rules import RULES, ConfidenceRule, FixedRule, HeuristicRule, RouterRule
 from compiler.ir import AdaptiveIR
 from compiler.router import ROUTER
 from compiler.router.collect import RouterData, collect, collect_config, concat
-from compiler.router.costs import expected_gain_rule
 from compiler.router.fit import fit, split
 
 from . import checkpoint
@@ -151,8 +150,8 @@ def rule_table(r, router: dict | None, costs: dict, gammas, conf, max_gamma: int
     if router is not None:
         for t in sorted({a.threshold, 0.5}):
             rules[f"router threshold {t}"] = (ad, RouterRule(d.draft, a.top_k, t, a.activation))
-        rules["router expected_gain"] = (
-            ad, expected_gain_rule(costs, d.draft, a.top_k, max_gamma, a.activation))  # fmt: skip
+        capped = dataclasses.replace(d, adaptive=dataclasses.replace(a, max_gamma=max_gamma))
+        rules["router expected_gain"] = (ad, RULES["expected_gain"](capped, costs))
     # overhead checks: the adaptive loop (per-step rule, bucketed verify) with a fixed rule,
     # and the paper's rule with the verify pass always max_gamma + 1 tokens wide
     rules["adaptive loop, fixed 6 drafts"] = (ad, FixedRule(min(6, max_gamma)))

@@ -11,11 +11,12 @@ import json
 
 import jax
 
-from compiler.decode.rules import RouterRule
+from compiler.decode.rules import RULES
 from compiler.ir import AdaptiveIR, DecodeIR
 from compiler.router import ROUTER, init_router, n_features
 from compiler.router.collect import collect_config
-from compiler.router.costs import expected_gain_rule, measure
+from compiler.router.costs import measure
+from tandem_dsl.model import STOP_RULES
 
 from . import checkpoint
 from .errors import UserError
@@ -69,10 +70,11 @@ def measure_costs(r, params: dict, batch: int, prompt_len: int, max_gamma: int) 
 
 
 def spec_stop_rule(r, decode: DecodeIR, params: dict, batch: int, prompt_len: int):
-    """(stop rule, router weights) for the spec's router rules (threshold, expected_gain);
-    (None, None) for rules that need no router."""
+    """(stop rule, router weights) for the spec's rules that read the router (threshold,
+    expected_gain); (None, None) for rules that need no router."""
     a = decode.adaptive
-    if decode.policy != "adaptive" or a.rule not in ("threshold", "expected_gain"):
+    needs = STOP_RULES[a.rule] if decode.policy == "adaptive" else ()
+    if "router" not in needs:
         return None, None
     router = load_router(r)
     if router is None:
@@ -80,8 +82,7 @@ def spec_stop_rule(r, decode: DecodeIR, params: dict, batch: int, prompt_len: in
             f"decode.adaptive.rule {a.rule} needs a trained router: run `tandemc run SPEC "
             "train-router` first (or use rule confidence, heuristic or fixed)"
         )
-    if a.rule == "threshold":
-        return RouterRule(decode.draft, a.top_k, a.threshold, a.activation), router
-    costs = measure_costs(r, {**params, ROUTER: router}, batch, prompt_len, a.max_gamma)
-    rule = expected_gain_rule(costs, decode.draft, a.top_k, a.max_gamma, a.activation)
-    return rule, router
+    costs = None
+    if "costs" in needs:
+        costs = measure_costs(r, {**params, ROUTER: router}, batch, prompt_len, a.max_gamma)
+    return RULES[a.rule](decode, costs), router

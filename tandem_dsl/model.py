@@ -27,6 +27,16 @@ MAX_BATCH = 1 << 20
 # Projection kinds, each with whether it needs `hidden` (an inner width). The compiler has one
 # entry per name (compiler/nn/projection.py KINDS); a test keeps the two in step.
 PROJECTION_KINDS = {"linear": False, "mlp": True, "lowrank": True}
+# Stop rules of adaptive drafting, each with what it needs besides the decode section: the
+# trained router, and this machine's measured costs. The compiler builds each by name
+# (compiler/decode/rules.py RULES); a test keeps the two in step.
+STOP_RULES = {
+    "threshold": ("router",),
+    "expected_gain": ("router", "costs"),
+    "confidence": (),
+    "heuristic": (),
+    "fixed": (),
+}
 # Names become folder and file names (runs/<name>/<stage>/...) and parameter keys.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_HINT = (
@@ -276,7 +286,7 @@ class Adaptive:
         "expected_gain (router + measured costs), confidence (M_S's top probability >= "
         "threshold), heuristic (+2/-1: grow the draft budget by 2 after a fully accepted round, "
         "shrink it by 1 otherwise), fixed (gamma drafts).",
-        enum=["threshold", "expected_gain", "confidence", "heuristic", "fixed"],
+        enum=list(STOP_RULES),
     )
     router: str = opt("mlp", doc="Router kind.", enum=["mlp"])
     hidden: int = opt(64, doc="Router hidden width.", minimum=1)

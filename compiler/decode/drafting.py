@@ -93,8 +93,8 @@ def draft(
 ) -> Drafts:
     """Draft from x_f = last [B] at position frontier [B]; active [B] rows count calls.
 
-    rule(signal, params) -> continue [B]; a stateful rule has `init(batch) -> carry` and
-    `step(signal, params, carry) -> (continue [B], carry)`. limit [B]: per-row most drafts.
+    rule: a `rules.Rule` (its `init` carry, its `step` decision after each draft). limit [B]:
+    per-row most drafts.
     With tail, process the last draft at f + n_draft.
     """
     g = cfg.gamma
@@ -121,13 +121,8 @@ def draft(
             )
         return toks, qbuf, lbuf, DraftSignal(logits, conf, tok, i + 1)
 
-    stateful = hasattr(rule, "init")
-
     def decide(signal, rc):
-        if stateful:
-            cont, rc = rule.step(signal, params, rc)
-        else:
-            cont = rule(signal, params)
+        cont, rc = rule.step(signal, params, rc)
         if limit is not None:
             cont = cont & (signal.step < limit)
         return cont, rc
@@ -149,7 +144,7 @@ def draft(
         return (i < g) & jnp.any(cont & active)
 
     zero = jnp.zeros((b,), jnp.int32)
-    rc = rule.init(b) if stateful else ()
+    rc = rule.init(b)
     carry = (jnp.int32(0), cache, toks, qbuf, lbuf, zero, zero, jnp.ones((b,), bool), rc)
     if cfg.independent:  # peeled first step: [x_{f-1}, x_f] at f - 1 (see the module doc)
         start0 = jnp.maximum(frontier - 1, 0)  # [B]

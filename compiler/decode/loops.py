@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from compiler.decode.drafting import Drafts, catch_up, draft, draft_head, own_kv_from, small_step
 from compiler.decode.lookup import lookup, ngram_draft
-from compiler.decode.rules import FixedRule, HeuristicRule
+from compiler.decode.rules import FixedRule
 from compiler.decode.sampling import probs, sample
 from compiler.decode.state import (
     DecodeStats,
@@ -117,11 +117,7 @@ def prefill(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> LoopStat
             jnp.zeros((b, s), jnp.int32).at[:, :p].set(prompt) if cfg.ngram or cfg.lookup else None
         ),
         synced=own_kv_from(cfg, lens - 1) if cfg.catch_up else None,  # after the prompt pass
-        budget=(
-            jnp.full((b,), cfg.stop_rule.start, jnp.int32)
-            if isinstance(cfg.stop_rule, HeuristicRule)
-            else None
-        ),
+        budget=cfg.stop_rule.budget(b) if cfg.stop_rule is not None else None,
     )
     if not first:
         return state

@@ -19,10 +19,11 @@ import jax
 
 from compiler.decode import loops
 from compiler.decode.drafting import small_step
-from compiler.decode.rules import ConfidenceRule, FixedRule, HeuristicRule
+from compiler.decode.rules import RULES
 from compiler.decode.state import POLICIES, GenerateResult, LoopConfig
 from compiler.decode.verify import verify
 from compiler.ir import DecodeIR, ProgramIR, SamplingIR
+from tandem_dsl.model import STOP_RULES
 
 
 def _check_sampling(s: SamplingIR) -> None:
@@ -37,18 +38,14 @@ def _check_sampling(s: SamplingIR) -> None:
 def _stop_rule(decode: DecodeIR, stop_rule):
     if stop_rule is not None:
         return stop_rule
-    a = decode.adaptive
-    if a.rule == "fixed":
-        return FixedRule(min(decode.gamma, a.max_gamma))
-    if a.rule == "confidence":
-        return ConfidenceRule(a.threshold)
-    if a.rule == "heuristic":
-        return HeuristicRule(min(decode.gamma, a.max_gamma), a.max_gamma)
-    raise ValueError(
-        f"decode.adaptive.rule {a.rule!r} needs a trained router: pass stop_rule= (RouterRule "
-        "or compiler.router.costs.expected_gain_rule, with params['router'] from `tandemc run "
-        "SPEC train-router`), or use rule 'confidence', 'heuristic' or 'fixed'"
-    )
+    rule = decode.adaptive.rule
+    if "router" in STOP_RULES[rule]:
+        raise ValueError(
+            f"decode.adaptive.rule {rule!r} needs a trained router: pass stop_rule= (from "
+            "compiler.decode.rules.RULES, with params['router'] from `tandemc run SPEC "
+            "train-router`), or use a rule without a router"
+        )
+    return RULES[rule](decode, None)
 
 
 def default_buckets(gamma: int) -> tuple[int, ...]:

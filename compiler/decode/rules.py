@@ -1,19 +1,28 @@
-"""Per-token stop rules for adaptive drafting.
+"""Per-token stop rules for adaptive drafting, and the table that builds the spec's rules.
 
-After M_S drafts its i-th token of a round, a rule decides per row whether to draft another:
-`rule(signal, params) -> continue [B] bool`. The loop also stops at max_gamma. Rules are
-frozen dataclasses (hashable, so they can be part of the static loop config); a learned router
-reads its weights from `params` (the same dict the generate program takes), so it can be
-trained and swapped without recompiling for new weights.
+After M_S drafts its i-th token of a round, a rule decides per row whether to draft another.
+The draft loop asks every rule the same things (`Rule`): a per-round carry (`init`), the
+decision after each draft (`step`), and a per-row draft budget kept across rounds (`budget`,
+`update`); the base class answers them for a rule that only looks at the signal
+(`__call__`). The loop also stops at max_gamma. Rules are frozen dataclasses (hashable, so
+they can be part of the static loop config); a learned router reads its weights from
+`params` (the same dict the generate program takes), so it can be trained and swapped
+without recompiling for new weights.
+
+`RULES` builds the rule a spec names (`decode.adaptive.rule`, whose names the spec owns in
+`tandem_dsl.model.STOP_RULES`) from the decode section (docs/extending.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from compiler.ir import DecodeIR
 
 
 class DraftSignal(NamedTuple):
@@ -25,8 +34,29 @@ class DraftSignal(NamedTuple):
     step: jax.Array  # [] int32, tokens drafted so far this round (1-based)
 
 
+class Rule:
+    """What the draft loop calls, with the defaults of a rule without state: a subclass
+    defines `__call__(signal, params) -> continue [B]`, or overrides `init` and `step`."""
+
+    def init(self, batch: int):
+        """The carry at the start of each round."""
+        return ()
+
+    def step(self, signal: DraftSignal, params: dict, carry):
+        """After a draft: (continue [B] bool, carry)."""
+        return self(signal, params), carry
+
+    def budget(self, batch: int) -> jax.Array | None:
+        """Each row's most drafts per round at the start ([B] int32), or None: no budget."""
+        return None
+
+    def update(self, budget: jax.Array, n_accepted: jax.Array, n_draft: jax.Array) -> jax.Array:
+        """The budget after a round the rule drafted ([B] each)."""
+        return budget
+
+
 @dataclass(frozen=True)
-class FixedRule:
+class FixedRule(Rule):
     """Draft exactly gamma tokens (standard SPEED)."""
 
     gamma: int
@@ -37,7 +67,7 @@ class FixedRule:
 
 
 @dataclass(frozen=True)
-class ConfidenceRule:
+class ConfidenceRule(Rule):
     """Keep drafting while M_S's top probability is >= threshold (HF's
     `assistant_confidence_threshold`, EAGLE-2's observation that draft confidence tracks
     acceptance). The low-confidence token itself is kept and verified."""
@@ -50,7 +80,7 @@ class ConfidenceRule:
 
 
 @dataclass(frozen=True)
-class HeuristicRule:
+class HeuristicRule(Rule):
     """The +2/-1 heuristic (HF assisted generation's `num_assistant_tokens_schedule="heuristic"`):
     each row drafts up to its own budget, which grows by 2 after a round whose drafts were all
     accepted and shrinks by 1 (not below 1) otherwise, capped at max_gamma. The per-row budget
@@ -63,13 +93,16 @@ class HeuristicRule:
         del params
         return jnp.ones(signal.token.shape, bool)
 
+    def budget(self, batch: int) -> jax.Array:
+        return jnp.full((batch,), self.start, jnp.int32)
+
     def update(self, budget: jax.Array, n_accepted: jax.Array, n_draft: jax.Array) -> jax.Array:
         grown = jnp.where(n_accepted >= n_draft, budget + 2, budget - 1)
         return jnp.clip(grown, 1, self.max_gamma).astype(jnp.int32)
 
 
 @dataclass(frozen=True)
-class RouterRule:
+class RouterRule(Rule):
     """The paper's rule: keep drafting while the router's predicted acceptance
     1 - p_reject >= threshold. Weights come from params["router"] (see compiler.router)."""
 
@@ -89,7 +122,7 @@ class RouterRule:
 
 
 @dataclass(frozen=True)
-class ExpectedGainRule:
+class ExpectedGainRule(Rule):
     """Cost-aware router rule: keep drafting while some longer draft raises the round's
     expected tokens per unit of time.
 
@@ -132,3 +165,39 @@ class ExpectedGainRule:
             cost = (i + h) * self.small_cost + v[jnp.minimum(i + h, g)]
             best = jnp.where(i + h <= g, jnp.maximum(best, (e + p_all * gain) / cost), best)
         return best > rate, (p_all, e)
+
+
+def block_costs(costs: dict, gamma: int) -> tuple[float, ...]:
+    """Cost of the verify pass that holds n drafts, n = 0..gamma: its bucket's time, from
+    measured costs ({"small_ms", "block_ms": {bucket: ms}}, `compiler.router.costs.measure`)."""
+    sizes = sorted(int(n) for n in costs["block_ms"])
+    table = {int(n): float(v) for n, v in costs["block_ms"].items()}
+    return tuple(table[next(b for b in sizes if b >= max(n, 1))] for n in range(gamma + 1))
+
+
+def _expected_gain(d: DecodeIR, costs: dict | None) -> ExpectedGainRule:
+    if costs is None:
+        raise ValueError(
+            "decode.adaptive.rule expected_gain needs this machine's measured costs "
+            "(compiler.router.costs.measure; `tandemc run` measures them)"
+        )
+    a = d.adaptive
+    blocks = tuple(round(c, 4) for c in block_costs(costs, a.max_gamma))
+    return ExpectedGainRule(d.draft, a.top_k, round(float(costs["small_ms"]), 4), blocks,
+                            a.activation)  # fmt: skip
+
+
+# The spec's rules by name (tandem_dsl.model.STOP_RULES owns the names and what each needs):
+# (decode section, measured costs or None) -> rule. A rule that reads the trained router
+# needs params["router"] when it runs.
+RULES: dict[str, Callable[[DecodeIR, dict | None], Rule]] = {
+    "fixed": lambda d, costs: FixedRule(min(d.gamma, d.adaptive.max_gamma)),
+    "confidence": lambda d, costs: ConfidenceRule(d.adaptive.threshold),
+    "heuristic": lambda d, costs: HeuristicRule(
+        min(d.gamma, d.adaptive.max_gamma), d.adaptive.max_gamma
+    ),
+    "threshold": lambda d, costs: RouterRule(
+        d.draft, d.adaptive.top_k, d.adaptive.threshold, d.adaptive.activation
+    ),
+    "expected_gain": _expected_gain,
+}

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 
 from compiler.decode.drafting import draft_head, small_step
 from compiler.decode.loops import large_block
-from compiler.decode.rules import ExpectedGainRule
 from compiler.decode.state import LoopConfig
 from compiler.nn import init_cache
 
@@ -67,21 +66,3 @@ def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int =
             k: loop_ms(block(k), params, (large, small, acc), n, repeats) for k in sizes
         },  # fmt: skip
     }
-
-
-def block_costs(costs: dict, gamma: int) -> tuple[float, ...]:
-    """Cost of the verify pass that holds n drafts, n = 0..gamma: its bucket's time."""
-    sizes = sorted(int(n) for n in costs["block_ms"])
-    table = {int(n): float(v) for n, v in costs["block_ms"].items()}
-    out = []
-    for n in range(gamma + 1):
-        fit = next(b for b in sizes if b >= max(n, 1))
-        out.append(table[fit])
-    return tuple(out)
-
-
-def expected_gain_rule(costs: dict, draft: str, top_k: int, gamma: int,
-                       activation: str = "gelu") -> ExpectedGainRule:  # fmt: skip
-    return ExpectedGainRule(draft, top_k, round(float(costs["small_ms"]), 4),
-                            tuple(round(c, 4) for c in block_costs(costs, gamma)),
-                            activation)  # fmt: skip

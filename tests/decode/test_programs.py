@@ -22,6 +22,7 @@ from decode_fixtures import (
 )
 
 from compiler.decode import DraftSignal, loop_config, make_programs
+from compiler.decode.rules import Rule
 from compiler.ir import AdaptiveIR
 
 KEY = jax.random.key(0)
@@ -51,7 +52,7 @@ def test_pieces_compose_into_a_greedy_round():
 
 
 @dataclasses.dataclass(frozen=True)
-class RouterLikeRule:
+class RouterLikeRule(Rule):
     """Reads its decision input from params, like a trained router would."""
 
     def __call__(self, signal: DraftSignal, params: dict) -> jax.Array:
