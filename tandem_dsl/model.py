@@ -34,6 +34,7 @@ STOP_RULES = {
     "threshold": ("router",),
     "expected_gain": ("router", "costs"),
     "confidence": (),
+    "margin": (),
     "heuristic": (),
     "fixed": (),
 }
@@ -284,8 +285,9 @@ class Adaptive:
         "threshold",
         doc="Stop rule: threshold (the paper's: router's predicted acceptance >= threshold), "
         "expected_gain (router + measured costs), confidence (M_S's top probability >= "
-        "threshold), heuristic (+2/-1: grow the draft budget by 2 after a fully accepted round, "
-        "shrink it by 1 otherwise), fixed (gamma drafts).",
+        "threshold), margin (M_S's top probability leads the second by >= threshold), "
+        "heuristic (+2/-1: grow the draft budget by 2 after a fully accepted round, shrink it "
+        "by 1 otherwise), fixed (gamma drafts).",
         enum=list(STOP_RULES),
     )
     router: str = opt("mlp", doc="Router kind.", enum=["mlp"])

@@ -80,6 +80,20 @@ class ConfidenceRule(Rule):
 
 
 @dataclass(frozen=True)
+class MarginRule(Rule):
+    """Keep drafting while M_S's top probability leads its second by >= threshold: a flat
+    head pair (two likely tokens) stops the draft even when the top one looks confident
+    next to the rest of the vocabulary."""
+
+    threshold: float
+
+    def __call__(self, signal: DraftSignal, params: dict) -> jax.Array:
+        del params
+        top2 = jax.lax.top_k(signal.probs, 2)[0]
+        return top2[:, 0] - top2[:, 1] >= self.threshold
+
+
+@dataclass(frozen=True)
 class HeuristicRule(Rule):
     """The +2/-1 heuristic (HF assisted generation's `num_assistant_tokens_schedule="heuristic"`):
     each row drafts up to its own budget, which grows by 2 after a round whose drafts were all
@@ -193,6 +207,7 @@ def _expected_gain(d: DecodeIR, costs: dict | None) -> ExpectedGainRule:
 RULES: dict[str, Callable[[DecodeIR, dict | None], Rule]] = {
     "fixed": lambda d, costs: FixedRule(min(d.gamma, d.adaptive.max_gamma)),
     "confidence": lambda d, costs: ConfidenceRule(d.adaptive.threshold),
+    "margin": lambda d, costs: MarginRule(d.adaptive.threshold),
     "heuristic": lambda d, costs: HeuristicRule(
         min(d.gamma, d.adaptive.max_gamma), d.adaptive.max_gamma
     ),
