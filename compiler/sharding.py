@@ -461,12 +461,17 @@ def generate_program(prog: ProgramIR, decode, sh: Sharder, *, batch: int | None 
     params sharded by the rules (the large model's weights over `model`), prompts over
     `data` where the batch divides, and the result replicated. A learned stop rule reads
     params["router"] (replicated). packed: the params are `compiler.decode.backend.prepare`d
-    for the CPU kernel (one device: they are placed as they come)."""
+    for the CPU kernel (one device: they are placed as they come). On the kernel, prompt
+    lookup verifies without buckets: its gamma + 1 token pass costs about one step there,
+    and the conditional that picks a bucket copied every layer's KV cache each round (~10%
+    of the decode, docs/BENCHMARKS.md). Adaptive drafting keeps its buckets (up to
+    max_gamma + 1 rows, where they still pay)."""
     from .decode import loop_config
 
     if packed and sh.n_devices > 1:
         raise ShardingError(f"packed decode params run on one device, not {sh.n_devices}")
-    cfg = loop_config(prog, decode, stop_rule=stop_rule)
+    plain = packed and (decode or prog.decode).draft_ngram > 0
+    cfg = loop_config(prog, decode, stop_rule=stop_rule, buckets=() if plain else None)
     options = tuple(sorted((compiler_options or {}).items()))
     return _generate_jit(cfg, sh.mesh, sh.rules, batch or prog.batch, options, prog, packed)
 

@@ -15,12 +15,16 @@
 // one-token steps), and the AVX-512, AVX2 and scalar builds of the loop give the same bits.
 //
 // A row with no visible slot (a position below 0) gets the mean of all S values, as the XLA
-// path's softmax over a fully masked row does. Single-threaded: a decode step's attention is
-// small (tens of microseconds per layer), below the cost of waking a pool thread.
+// path's softmax over a fully masked row does. Threads: a one-token step's attention runs on
+// the calling thread (waking a pool thread costs more); a verify pass or a prefill splits its
+// query rows over XLA's own pool.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -177,40 +181,80 @@ using MixRow = void (*)(const float*, const float*, int64_t, int64_t, int64_t, f
 
 // Query row by query row (each alone, so a row's bits never depend on the others): scores
 // over its visible slots, the softmax in slot order, the weighted sum of values.
+// Query rows [first, last) (row = (b * T + t) * H + h), each alone, so a row's bits never
+// depend on the others or on who computes it: scores over its visible slots, the softmax in
+// slot order, the weighted sum of values.
 template <ScoreRow score_row, MixRow mix_row>
-void attend_all(const Shape& d, const float* q, const float* k, const float* v,
-                const int32_t* positions, float* out, float scale) {
+void attend_rows(const Shape& d, const float* q, const float* k, const float* v,
+                 const int32_t* positions, float* out, float scale, int64_t first,
+                 int64_t last) {
   const int64_t e_dim = d.dim, stride = d.kv_heads * e_dim, g_per = d.heads / d.kv_heads;
   std::vector<float> p(d.slots), acc(e_dim);
-  for (int64_t b = 0; b < d.batch; ++b)
-    for (int64_t t = 0; t < d.tokens; ++t)
-      for (int64_t h = 0; h < d.heads; ++h) {
-        const int64_t j = h / g_per, at = ((b * d.tokens + t) * d.heads + h) * e_dim;
-        const float* keys = k + (b * d.slots * d.kv_heads + j) * e_dim;  // slot s: + s * stride
-        const float* values = v + (b * d.slots * d.kv_heads + j) * e_dim;
-        const int64_t n = std::min<int64_t>(positions[b * d.tokens + t] + 1, d.slots);
-        float* o = out + at;
-        if (n <= 0) {  // no visible slot: the mean of every slot's value, as XLA's softmax
-          std::fill(p.begin(), p.end(), 1.0f);
-          mix_row(p.data(), values, stride, d.slots, e_dim, o);
-          for (int64_t e = 0; e < e_dim; ++e) o[e] /= static_cast<float>(d.slots);
-          continue;
-        }
-        score_row(q + at, keys, stride, n, e_dim, scale, p.data());
-        const float top = *std::max_element(p.begin(), p.begin() + n);
-        float total = 0.0f;
-        for (int64_t s = 0; s < n; ++s) {
-          p[s] = std::exp(p[s] - top);
-          total += p[s];
-        }
-        mix_row(p.data(), values, stride, n, e_dim, acc.data());
-        for (int64_t e = 0; e < e_dim; ++e) o[e] = acc[e] / total;
-      }
+  for (int64_t row = first; row < last; ++row) {
+    const int64_t b = row / (d.tokens * d.heads), bt = row / d.heads, j = row % d.heads / g_per;
+    const float* keys = k + (b * d.slots * d.kv_heads + j) * e_dim;  // slot s: + s * stride
+    const float* values = v + (b * d.slots * d.kv_heads + j) * e_dim;
+    const int64_t n = std::min<int64_t>(positions[bt] + 1, d.slots);
+    float* o = out + row * e_dim;
+    if (n <= 0) {  // no visible slot: the mean of every slot's value, as XLA's softmax
+      std::fill(p.begin(), p.end(), 1.0f);
+      mix_row(p.data(), values, stride, d.slots, e_dim, o);
+      for (int64_t e = 0; e < e_dim; ++e) o[e] /= static_cast<float>(d.slots);
+      continue;
+    }
+    score_row(q + row * e_dim, keys, stride, n, e_dim, scale, p.data());
+    const float top = *std::max_element(p.begin(), p.begin() + n);
+    float total = 0.0f;
+    for (int64_t s = 0; s < n; ++s) {
+      p[s] = std::exp(p[s] - top);
+      total += p[s];
+    }
+    mix_row(p.data(), values, stride, n, e_dim, acc.data());
+    for (int64_t e = 0; e < e_dim; ++e) o[e] = acc[e] / total;
+  }
 }
 
-ffi::Error cache_attention(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                           ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> positions,
-                           ffi::ResultBuffer<ffi::F32> out, float scale) {
+using RowsFn = void (*)(const Shape&, const float*, const float*, const float*, const int32_t*,
+                        float*, float, int64_t, int64_t);
+
+RowsFn rows_fn(int isa) {  // the mat-mul's instruction-set switch: one choice for both
+#if defined(__x86_64__)
+  if (isa == 2) return attend_rows<score_row_avx512, mix_row_avx512>;
+  if (isa == 1) return attend_rows<score_row_avx2, mix_row_avx2>;
+#endif
+  return attend_rows<score_row_scalar, mix_row_scalar>;
+}
+
+// Chunks of query rows claimed from an atomic counter by the caller and helpers on XLA's
+// pool, as in packed_matmul.cc (the caller waits only for chunks already claimed).
+struct Job {
+  Shape d;
+  const float *q, *k, *v;
+  const int32_t* positions;
+  float* out;
+  float scale;
+  RowsFn rows;
+  int64_t per_chunk, n_chunks;
+  std::atomic<int64_t> next{0}, done{0};
+
+  void work() {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n_chunks;) {
+      const int64_t n_rows = d.batch * d.tokens * d.heads;
+      rows(d, q, k, v, positions, out, scale, c * per_chunk,
+           std::min(n_rows, (c + 1) * per_chunk));
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+// Below this many (row, slot) pairs a call runs on the calling thread alone: a one-token
+// step's attention (~10 us a layer) is cheaper than waking a pool thread.
+constexpr int64_t kParallelWork = 8192;
+
+ffi::Error cache_attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                           ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                           ffi::Buffer<ffi::S32> positions, ffi::ResultBuffer<ffi::F32> out,
+                           float scale) {
   const auto qd = q.dimensions(), kd = k.dimensions(), pd = positions.dimensions();
   const bool ok = qd.size() == 4 && kd.size() == 4 && pd.size() == 2 &&
                   v.dimensions() == kd && out->dimensions() == qd && kd[0] == qd[0] &&
@@ -220,17 +264,26 @@ ffi::Error cache_attention(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
     return ffi::Error::InvalidArgument(
         "cache_attention: q [B, T, H, E], k and v [B, S, K, E] with K dividing H, "
         "positions [B, T]");
-  const Shape d{qd[0], qd[1], qd[2], qd[3], kd[1], kd[2]};
-  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
-  const int32_t* pp = positions.typed_data();
-  float* op = out->typed_data();
-  switch (tandem_kernel_isa()) {  // the mat-mul's switch: one instruction-set choice
-#if defined(__x86_64__)
-    case 2: attend_all<score_row_avx512, mix_row_avx512>(d, qp, kp, vp, pp, op, scale); break;
-    case 1: attend_all<score_row_avx2, mix_row_avx2>(d, qp, kp, vp, pp, op, scale); break;
-#endif
-    default: attend_all<score_row_scalar, mix_row_scalar>(d, qp, kp, vp, pp, op, scale);
-  }
+  auto job = std::make_shared<Job>();
+  job->d = Shape{qd[0], qd[1], qd[2], qd[3], kd[1], kd[2]};
+  job->q = q.typed_data();
+  job->k = k.typed_data();
+  job->v = v.typed_data();
+  job->positions = positions.typed_data();
+  job->out = out->typed_data();
+  job->scale = scale;
+  job->rows = rows_fn(tandem_kernel_isa());
+  const int64_t n_rows = qd[0] * qd[1] * qd[2];
+  int64_t work = 0;  // (row, slot) pairs
+  for (int64_t i = 0; i < qd[0] * qd[1]; ++i)
+    work += qd[2] * std::clamp<int64_t>(job->positions[i] + 1, 1, kd[1]);
+  const int64_t workers = work < kParallelWork ? 1 : std::max<int64_t>(1, pool.num_threads());
+  job->per_chunk = std::max<int64_t>(1, n_rows / (4 * workers));
+  job->n_chunks = (n_rows + job->per_chunk - 1) / job->per_chunk;
+  const int64_t helpers = std::min(workers - 1, job->n_chunks - 1);
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([job] { job->work(); });
+  job->work();
+  while (job->done.load(std::memory_order_acquire) < job->n_chunks) std::this_thread::yield();
   return ffi::Error::Success();
 }
 
@@ -238,6 +291,7 @@ ffi::Error cache_attention(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TandemCacheAttention, cache_attention,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
