@@ -487,7 +487,7 @@ def _generate_jit(cfg, mesh, rules, batch, options, prog, packed):
             params_sh = sh.replicated
         else:
             params_sh = sh.params(abstract_params(prog))
-        if getattr(cfg.stop_rule, "draft", None) and not packed:  # a router's weights ride along
+        if cfg.stop_rule is not None and cfg.stop_rule.reads_router and not packed:
             params_sh[ROUTER] = sh.replicated
         rows = sh.tokens((batch,))
         _GENERATE_CACHE[key] = jax.jit(

@@ -38,6 +38,8 @@ class Rule:
     """What the draft loop calls, with the defaults of a rule without state: a subclass
     defines `__call__(signal, params) -> continue [B]`, or overrides `init` and `step`."""
 
+    reads_router = False  # reads params["router"] (the generate program then takes it)
+
     def init(self, batch: int):
         """The carry at the start of each round."""
         return ()
@@ -124,6 +126,7 @@ class RouterRule(Rule):
     top_k: int
     threshold: float
     activation: str = "gelu"
+    reads_router = True
 
     def accept(self, signal: DraftSignal, params: dict) -> jax.Array:
         from compiler.router.features import ROUTER, features, p_reject
@@ -155,6 +158,7 @@ class ExpectedGainRule(Rule):
     small_cost: float  # one M_S step (any unit)
     block_costs: tuple[float, ...]  # [G + 1]: verify pass with n drafts, same unit
     activation: str = "gelu"
+    reads_router = True
 
     def init(self, batch: int):
         one = jnp.ones((batch,), jnp.float32)

@@ -55,6 +55,8 @@ def test_pieces_compose_into_a_greedy_round():
 class RouterLikeRule(Rule):
     """Reads its decision input from params, like a trained router would."""
 
+    reads_router = True
+
     def __call__(self, signal: DraftSignal, params: dict) -> jax.Array:
         return jnp.broadcast_to(signal.step < params["router"]["steps"], signal.token.shape)
 
