@@ -29,6 +29,7 @@ import jaxlib
 SOURCES = tuple(Path(__file__).with_name(f) for f in ("packed_matmul.cc", "cache_attention.cc"))
 TARGET = "tandem_packed_matmul"
 ATTENTION_TARGET = "tandem_cache_attention"
+HEADER = Path(__file__).with_name("chunks.h")  # included by both sources
 ISAS = ("scalar", "avx2", "avx512")  # the kernel's instruction-set codes 0, 1, 2
 
 
@@ -73,7 +74,7 @@ def _build(cxx: str) -> Path:
         b"\0".join(
             x.encode()
             for x in (
-                *(f.read_text() for f in SOURCES),
+                *(f.read_text() for f in (*SOURCES, HEADER)),
                 jaxlib.__version__,
                 version.stdout,
                 platform.machine(),

@@ -20,13 +20,11 @@
 // query rows over XLA's own pool.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "chunks.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__)
@@ -225,28 +223,6 @@ RowsFn rows_fn(int isa) {  // the mat-mul's instruction-set switch: one choice f
   return attend_rows<score_row_scalar, mix_row_scalar>;
 }
 
-// Chunks of query rows claimed from an atomic counter by the caller and helpers on XLA's
-// pool, as in packed_matmul.cc (the caller waits only for chunks already claimed).
-struct Job {
-  Shape d;
-  const float *q, *k, *v;
-  const int32_t* positions;
-  float* out;
-  float scale;
-  RowsFn rows;
-  int64_t per_chunk, n_chunks;
-  std::atomic<int64_t> next{0}, done{0};
-
-  void work() {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n_chunks;) {
-      const int64_t n_rows = d.batch * d.tokens * d.heads;
-      rows(d, q, k, v, positions, out, scale, c * per_chunk,
-           std::min(n_rows, (c + 1) * per_chunk));
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
 // Below this many (row, slot) pairs a call runs on the calling thread alone: a one-token
 // step's attention (~10 us a layer) is cheaper than waking a pool thread.
 constexpr int64_t kParallelWork = 8192;
@@ -264,26 +240,20 @@ ffi::Error cache_attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
     return ffi::Error::InvalidArgument(
         "cache_attention: q [B, T, H, E], k and v [B, S, K, E] with K dividing H, "
         "positions [B, T]");
-  auto job = std::make_shared<Job>();
-  job->d = Shape{qd[0], qd[1], qd[2], qd[3], kd[1], kd[2]};
-  job->q = q.typed_data();
-  job->k = k.typed_data();
-  job->v = v.typed_data();
-  job->positions = positions.typed_data();
-  job->out = out->typed_data();
-  job->scale = scale;
-  job->rows = rows_fn(tandem_kernel_isa());
-  const int64_t n_rows = qd[0] * qd[1] * qd[2];
+  const Shape d{qd[0], qd[1], qd[2], qd[3], kd[1], kd[2]};
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const int32_t* pp = positions.typed_data();
+  float* op = out->typed_data();
+  const RowsFn rows = rows_fn(tandem_kernel_isa());
+  const int64_t n_rows = d.batch * d.tokens * d.heads;
   int64_t work = 0;  // (row, slot) pairs
-  for (int64_t i = 0; i < qd[0] * qd[1]; ++i)
-    work += qd[2] * std::clamp<int64_t>(job->positions[i] + 1, 1, kd[1]);
+  for (int64_t i = 0; i < d.batch * d.tokens; ++i)
+    work += d.heads * std::clamp<int64_t>(pp[i] + 1, 1, d.slots);
   const int64_t workers = work < kParallelWork ? 1 : std::max<int64_t>(1, pool.num_threads());
-  job->per_chunk = std::max<int64_t>(1, n_rows / (4 * workers));
-  job->n_chunks = (n_rows + job->per_chunk - 1) / job->per_chunk;
-  const int64_t helpers = std::min(workers - 1, job->n_chunks - 1);
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([job] { job->work(); });
-  job->work();
-  while (job->done.load(std::memory_order_acquire) < job->n_chunks) std::this_thread::yield();
+  const int64_t per_chunk = std::max<int64_t>(1, n_rows / (4 * workers));
+  tandem::run_chunks(pool, workers, (n_rows + per_chunk - 1) / per_chunk, [&](int64_t c) {
+    rows(d, qp, kp, vp, pp, op, scale, c * per_chunk, std::min(n_rows, (c + 1) * per_chunk));
+  });
   return ffi::Error::Success();
 }
 

@@ -11,10 +11,8 @@
 // in the same order on every code path (AVX-512, AVX2+FMA, scalar std::fma) and for every
 // row count, so a k-row call equals k one-row calls bit for bit.
 //
-// Threads: the panels are cut into chunks that workers claim from an atomic counter: the
-// calling thread and helpers scheduled on XLA's own intra-op pool (no second thread pool to
-// fight it for the cores). The caller only ever waits for chunks another thread has already
-// started, so two kernels running at once can never wait on each other.
+// Threads: the panels are cut into chunks that the calling thread and helpers on XLA's own
+// pool claim (chunks.h).
 
 #include <algorithm>
 #include <atomic>
@@ -23,6 +21,7 @@
 #include <memory>
 #include <thread>
 
+#include "chunks.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__)
@@ -183,7 +182,6 @@ struct Job {
   float* y;
   int64_t rows, n_in, n_out, panels, per_chunk, n_chunks;
   int isa;
-  std::atomic<int64_t> next{0}, done{0};
 
   // Chunk c covers panel groups [c * per_chunk, (c + 1) * per_chunk) of `shape.panels` each.
   void chunk(int64_t c) const {
@@ -200,13 +198,6 @@ struct Job {
       p += np;
     }
   }
-
-  void work() {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n_chunks;) {
-      chunk(c);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
 };
 
 ffi::Error packed_matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -215,28 +206,24 @@ ffi::Error packed_matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (xd.size() != 2 || pd.size() != 3 || yd.size() != 2 || pd[2] != kPanel || pd[1] != xd[1] ||
       yd[0] != xd[0] || yd[1] > pd[0] * kPanel || yd[1] <= (pd[0] - 1) * kPanel)
     return ffi::Error::InvalidArgument("packed_matmul: x [rows, in], packed [ceil(out/16), in, 16]");
-  auto job = std::make_shared<Job>();
-  job->x = x.typed_data();
-  job->packed = packed.typed_data();
-  job->y = y->typed_data();
-  job->rows = xd[0];
-  job->n_in = xd[1];
-  job->n_out = yd[1];
-  job->panels = pd[0];
-  job->isa = g_isa.load(std::memory_order_relaxed);
+  Job job;
+  job.x = x.typed_data();
+  job.packed = packed.typed_data();
+  job.y = y->typed_data();
+  job.rows = xd[0];
+  job.n_in = xd[1];
+  job.n_out = yd[1];
+  job.panels = pd[0];
+  job.isa = g_isa.load(std::memory_order_relaxed);
   // ~4 chunks per worker, each at least 32 KiB of weights, so that a worker that starts late
   // (a pool thread waking up) still gets a share and the first one does not wait alone.
   const int64_t workers = std::max<int64_t>(1, pool.num_threads());
-  const Shape shape = tile_shape(job->isa, job->rows);
-  const int64_t group_bytes = shape.panels * job->n_in * kPanel * 4;
-  const int64_t groups = (job->panels + shape.panels - 1) / shape.panels;
-  job->per_chunk = std::max<int64_t>({1, (32 << 10) / group_bytes, groups / (4 * workers)});
-  job->n_chunks = (groups + job->per_chunk - 1) / job->per_chunk;
-  const int64_t helpers = std::min(workers - 1, job->n_chunks - 1);
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([job] { job->work(); });
-  job->work();
-  // chunks still running on a helper: they were claimed, so they are being worked on
-  while (job->done.load(std::memory_order_acquire) < job->n_chunks) std::this_thread::yield();
+  const Shape shape = tile_shape(job.isa, job.rows);
+  const int64_t group_bytes = shape.panels * job.n_in * kPanel * 4;
+  const int64_t groups = (job.panels + shape.panels - 1) / shape.panels;
+  job.per_chunk = std::max<int64_t>({1, (32 << 10) / group_bytes, groups / (4 * workers)});
+  job.n_chunks = (groups + job.per_chunk - 1) / job.per_chunk;
+  tandem::run_chunks(pool, workers, job.n_chunks, [&job](int64_t c) { job.chunk(c); });
   return ffi::Error::Success();
 }
 
