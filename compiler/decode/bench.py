@@ -111,7 +111,8 @@ def _time(fn, args, repeats: int):
 
 def bandwidth_probe() -> float:
     """GB/s of an fp32 mat-vec over ~100 MB: ~50 on an idle 2-core machine of this project
-    (reference/cpu-calibration.md); much less means other jobs share the machine."""
+    (17-28 on the shared ones of docs/BENCHMARKS.md); much less means other jobs share the
+    machine."""
     w = jnp.ones((32768, 800), jnp.float32)
     x = jnp.ones((1, 32768), jnp.float32)
     f = jax.jit(lambda x, w: x @ w)
