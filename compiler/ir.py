@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from compiler.errors import IRInvariantError
+
+_DECODER_CHOICES = {
+    "norm": ("rmsnorm", "layernorm"),
+    "mlp": ("swiglu", "gelu"),
+    "pos": ("rope", "learned"),
+    "dtype": ("float32", "bfloat16", "float16"),
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class DecoderIR:
@@ -28,8 +37,22 @@ class DecoderIR:
     pos: str = "rope"  # rope | learned
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
-    dtype: str = "float32"  # float32 | bfloat16 (compute and storage)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (compute and storage)
     trainable: bool = True
+
+    def __post_init__(self):
+        """The one invariant pass of a decoder, however it was built (a checked spec, the
+        builder, a bench's variant): the model code trusts what passes it."""
+        for name, allowed in _DECODER_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise IRInvariantError(f"model {self.name!r}: {name} must be one of {allowed}")
+        if min(self.d_model, self.n_heads, self.n_kv_heads) < 1 or (
+            self.d_model % self.n_heads or self.n_heads % self.n_kv_heads
+        ):
+            raise IRInvariantError(
+                f"model {self.name!r}: d_model {self.d_model} / n_heads {self.n_heads} / "
+                f"n_kv_heads {self.n_kv_heads} must divide evenly"
+            )
 
     @property
     def head_dim(self) -> int:

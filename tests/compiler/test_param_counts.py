@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 from tiny_ir import large_cfg, program, small_cfg, tandem_wiring
 
+from compiler.errors import IRInvariantError
 from compiler.ir import ProjectionIR, WiringIR
 from compiler.nn import (
     decoder_block,
@@ -158,8 +159,9 @@ def test_logical_axes_cover_every_param_and_cache():
     assert cache_axes[0]["k"] == ("batch", "length", "kv_heads", "head_dim")
 
 
-def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="'small'.*norm"):
-        init_decoder(small_cfg(norm="batchnorm"), KEY)
-    with pytest.raises(ValueError, match="divide"):
-        init_decoder(small_cfg(n_heads=3), KEY)
+def test_a_decoder_ir_refuses_what_the_model_code_cannot_run():
+    """The one invariant pass: however a DecoderIR is built, a bad option never reaches init."""
+    with pytest.raises(IRInvariantError, match="'small'.*norm"):
+        small_cfg(norm="batchnorm")
+    with pytest.raises(IRInvariantError, match="divide"):
+        small_cfg(n_heads=3)
