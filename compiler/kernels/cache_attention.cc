@@ -4,9 +4,9 @@
 // with q [B, T, H, E], k and v [B, S, K, E] (the cache), positions [B, T] int32.
 //
 // Why: XLA:CPU scores every one of the S slots (the masked ones too) and first transposes each
-// layer's whole cache for its dots; in a SmolLM2 step that was ~8 ms of ~25. Here only the
-// visible slots are read, and each slot's key and value once for all the queries of its kv
-// head (the score and output loops run over slots outside, queries inside).
+// layer's whole cache for its dots; in a SmolLM2 step that was ~8 ms of ~25. Here each query
+// row reads only its visible slots, in the cache's own layout (a kv head's slots stay in
+// cache for the other query rows of its group).
 //
 // Exactness: every query row is computed on its own, in the same order whatever T, G or the
 // instruction set: a score is a 16-lane FMA chain over E followed by a fixed pairwise sum,
@@ -177,8 +177,6 @@ __attribute__((target("avx2,fma"))) void mix_row_avx2(const float* p, const floa
 using ScoreRow = void (*)(const float*, const float*, int64_t, int64_t, int64_t, float, float*);
 using MixRow = void (*)(const float*, const float*, int64_t, int64_t, int64_t, float*);
 
-// Query row by query row (each alone, so a row's bits never depend on the others): scores
-// over its visible slots, the softmax in slot order, the weighted sum of values.
 // Query rows [first, last) (row = (b * T + t) * H + h), each alone, so a row's bits never
 // depend on the others or on who computes it: scores over its visible slots, the softmax in
 // slot order, the weighted sum of values.
