@@ -21,8 +21,8 @@ from tandem_dsl import api
 from .artifacts import CompiledProgram, ProgramDef, lower_program, write_atomic, write_program
 from .build import build_ir, format_ir
 from .errors import InputError
-from .plan import make_plan
-from .sharding import Sharder, summary
+from .plan import make_plan, sharding_summary
+from .sharding import Sharder
 from .stages import EMITS
 
 
@@ -71,7 +71,7 @@ def compile_spec(
     )
     start = time.perf_counter()
     sh = Sharder.for_compile(prog, devices)  # ShardingError (a ValueError) names the devices
-    result.plan["sharding"] = summary(prog, sh)
+    result.plan["sharding"] = sharding_summary(prog, sh)
     log("shard", time.perf_counter() - start, sh.describe())
     if prog.decode is not None:
         from .decode.backend import describe

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
+import jax
+
+from . import nn
 from .ir import ProgramIR
 from .nn.projection import param_count
+from .shapes import abstract_params, train_state_shape
+from .sharding import Sharder
 
 
 def param_counts(prog: ProgramIR) -> dict[str, int]:
@@ -137,3 +144,38 @@ def format_sharding(s: dict) -> str:
     for note in s["notes"]:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
+
+
+def sharding_summary(prog: ProgramIR, sh: Sharder) -> dict:
+    """What `tandemc compile` prints: the mesh, every parameter group's sharding, and bytes
+    per device of the parameters, each stage's train state and the decode KV caches."""
+    params = abstract_params(prog)
+    params_sh = sh.params(params)
+    out: dict = {
+        "mesh": sh.sizes,
+        "devices": sh.n_devices,
+        "abstract": sh.abstract,
+        "rules": [list(r) for r in sh.rules],
+        "default_rules": not prog.mesh.rules,
+        "groups": sh.report(params, params_sh),
+        "device_bytes": {},
+    }
+    for name, tree in params.items():
+        out["device_bytes"][f"params:{name}"] = sh.tree_device_bytes(tree, params_sh[name])
+    for stage in prog.train:
+        state = train_state_shape(prog, stage, params)
+        state_sh = sh.train_state(prog, stage, state)
+        out["device_bytes"][f"train_state:{stage.name}"] = sh.tree_device_bytes(state, state_sh)
+    if prog.decode is not None:
+        d = prog.decode
+        for name in (d.target, d.draft):
+            if name is None:
+                continue
+            m = prog.model(name)
+            cache = jax.eval_shape(lambda m=m: nn.init_cache(m, prog.batch, prog.max_len))
+            out["device_bytes"][f"kv_cache:{name}"] = sh.tree_device_bytes(
+                cache, sh.cache(cache, f"{name}/cache")
+            )
+    notes = {re.sub(r"layers_\d+", "layers_*", n) for n in sh.notes}
+    out["notes"] = sorted(notes)
+    return out

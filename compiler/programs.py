@@ -18,8 +18,9 @@ from . import nn
 from .artifacts import ProgramDef
 from .ir import ProgramIR
 from .shapes import KEY, abstract_params, train_state_shape
-from .sharding import Sharder, sharded_generate, sharded_prefill
-from .sharding import train_step_program as sharded_train_step
+from .sharded_programs import sharded_generate, sharded_prefill
+from .sharded_programs import train_step_program as sharded_train_step
+from .sharding import Sharder
 
 
 def _i32(*shape):

@@ -16,7 +16,6 @@ An empty rule list means `DEFAULT_RULES`.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -30,8 +29,6 @@ from jax.sharding import PartitionSpec as P
 
 from .errors import InputError
 from .ir import MeshIR, ProgramIR, TrainStageIR
-from .router.features import ROUTER
-from .shapes import abstract_params, train_state_shape
 
 MESH_AXES = ("data", "model")
 
@@ -390,147 +387,3 @@ def maybe_initialize_distributed(enabled: bool) -> bool:
     if not jax.distributed.is_initialized():
         jax.distributed.initialize(**distributed_args())
     return True
-
-
-# --- sharded programs (one code path: a 1x1 mesh is the single-device case) -------------------
-
-
-def train_step_program(prog: ProgramIR, stage: TrainStageIR, sh: Sharder, state, *,
-                       compiler_options: dict | None = None):  # fmt: skip
-    """(jitted train_step, jitted eval_step, state shardings, batch sharding).
-
-    train_step(state, batch [B, T+1], rng) -> (state, metrics): explicit in/out shardings,
-    the state donated; the batch is split over `data`, parameters over `model` per the rules.
-    """
-    from .train import make_eval_step, make_train_step
-
-    state_sh = sh.train_state(prog, stage, state)
-    batch_sh = sh.tokens((stage.batch, stage.seq_len + 1))
-    rep = sh.replicated
-    train_step = jax.jit(
-        make_train_step(prog, stage),
-        in_shardings=(state_sh, batch_sh, rep),
-        out_shardings=(state_sh, rep),
-        donate_argnums=0,
-        compiler_options=compiler_options,
-    )
-    eval_step = jax.jit(
-        make_eval_step(prog, stage),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=rep,
-        compiler_options=compiler_options,
-    )
-    return train_step, eval_step, state_sh, batch_sh
-
-
-def _constrain_caches(sh: Sharder, cfg, state):
-    """The loop state with both KV caches pinned to their shardings (kv_heads over model)."""
-    large = sh.constrain(state.large_cache, sh.cache(state.large_cache, f"{cfg.target.name}/cache"))
-    small = state.small_cache
-    if small is not None:
-        small = sh.constrain(small, sh.cache(small, f"{cfg.draft.name}/cache"))
-    return state.replace(large_cache=large, small_cache=small)
-
-
-def sharded_prefill(cfg, sh: Sharder):
-    """`compiler.decode.loops.prefill` with its caches sharded."""
-    from .decode import loops
-
-    def prefill(params, prompt, prompt_lens, key):
-        return _constrain_caches(sh, cfg, loops.prefill(cfg, params, prompt, prompt_lens, key))
-
-    return prefill
-
-
-def sharded_generate(cfg, sh: Sharder):
-    """`compiler.decode.loops.generate` (prefill, one while_loop, finalize) with the KV caches
-    pinned to their shardings in the carry: still one program for the whole generation."""
-    from .decode import loops
-
-    def generate(params, prompt, prompt_lens, key):
-        pin = functools.partial(_constrain_caches, sh, cfg)
-        return loops.generate(cfg, params, prompt, prompt_lens, key, pin=pin)
-
-    return generate
-
-
-def generate_program(prog: ProgramIR, decode, sh: Sharder, *, batch: int | None = None,
-                     compiler_options: dict | None = None, stop_rule=None,
-                     packed: bool = False):  # fmt: skip
-    """fn(params, prompt [B, P], prompt_lens [B], key) -> GenerateResult, jitted with the
-    params sharded by the rules (the large model's weights over `model`), prompts over
-    `data` where the batch divides, and the result replicated. A learned stop rule reads
-    params["router"] (replicated). packed: the params are `compiler.decode.backend.prepare`d
-    for the CPU kernel (one device: they are placed as they come). On the kernel, prompt
-    lookup verifies without buckets: its gamma + 1 token pass costs about one step there,
-    and the conditional that picks a bucket copied every layer's KV cache each round (~10%
-    of the decode, docs/BENCHMARKS.md). Adaptive drafting keeps its buckets (up to
-    max_gamma + 1 rows, where they still pay)."""
-    from .decode import loop_config
-
-    if packed and sh.n_devices > 1:
-        raise ShardingError(f"packed decode params run on one device, not {sh.n_devices}")
-    plain = packed and (decode or prog.decode).draft_ngram > 0
-    cfg = loop_config(prog, decode, stop_rule=stop_rule, buckets=() if plain else None)
-    options = tuple(sorted((compiler_options or {}).items()))
-    return _generate_jit(cfg, sh.mesh, sh.rules, batch or prog.batch, options, prog, packed)
-
-
-_GENERATE_CACHE: dict = {}
-
-
-def _generate_jit(cfg, mesh, rules, batch, options, prog, packed):
-    key = (cfg, mesh, rules, batch, options, packed)
-    if key not in _GENERATE_CACHE:
-        sh = Sharder(mesh, rules)
-        if packed:  # one device: one sharding for the whole tree, whatever its leaves
-            params_sh = sh.replicated
-        else:
-            params_sh = sh.params(abstract_params(prog))
-        if cfg.stop_rule is not None and cfg.stop_rule.reads_router and not packed:
-            params_sh[ROUTER] = sh.replicated
-        rows = sh.tokens((batch,))
-        _GENERATE_CACHE[key] = jax.jit(
-            sharded_generate(cfg, sh),
-            in_shardings=(params_sh, sh.named(rows.spec), rows, sh.replicated),
-            out_shardings=sh.replicated,
-            compiler_options=dict(options) or None,
-        )
-    return _GENERATE_CACHE[key]
-
-
-def summary(prog: ProgramIR, sh: Sharder) -> dict:
-    """What `tandemc compile` prints: the mesh, every parameter group's sharding, and bytes
-    per device of the parameters, each stage's train state and the decode KV caches."""
-    params = abstract_params(prog)
-    params_sh = sh.params(params)
-    out: dict = {
-        "mesh": sh.sizes,
-        "devices": sh.n_devices,
-        "abstract": sh.abstract,
-        "rules": [list(r) for r in sh.rules],
-        "default_rules": not prog.mesh.rules,
-        "groups": sh.report(params, params_sh),
-        "device_bytes": {},
-    }
-    for name, tree in params.items():
-        out["device_bytes"][f"params:{name}"] = sh.tree_device_bytes(tree, params_sh[name])
-    for stage in prog.train:
-        state = train_state_shape(prog, stage, params)
-        state_sh = sh.train_state(prog, stage, state)
-        out["device_bytes"][f"train_state:{stage.name}"] = sh.tree_device_bytes(state, state_sh)
-    if prog.decode is not None:
-        d = prog.decode
-        for name in (d.target, d.draft):
-            if name is None:
-                continue
-            from . import nn
-
-            m = prog.model(name)
-            cache = jax.eval_shape(lambda m=m: nn.init_cache(m, prog.batch, prog.max_len))
-            out["device_bytes"][f"kv_cache:{name}"] = sh.tree_device_bytes(
-                cache, sh.cache(cache, f"{name}/cache")
-            )
-    notes = {re.sub(r"layers_\d+", "layers_*", n) for n in sh.notes}
-    out["notes"] = sorted(notes)
-    return out

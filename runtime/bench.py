@@ -88,7 +88,8 @@ def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str
 
 def run_bench(r) -> dict:
     from compiler.decode.bench import machine_line
-    from compiler.sharding import Sharder, generate_program
+    from compiler.sharded_programs import generate_program
+    from compiler.sharding import Sharder
 
     from .run import decode_params, encode_prompts, with_eos
 

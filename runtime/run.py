@@ -30,7 +30,8 @@ from compiler.decode.backend import prepare as prepare_params
 from compiler.errors import InputError
 from compiler.ir import DecodeIR, ProgramIR
 from compiler.router import ROUTER
-from compiler.sharding import Sharder, generate_program, maybe_initialize_distributed
+from compiler.sharded_programs import generate_program
+from compiler.sharding import Sharder, maybe_initialize_distributed
 from tandem_dsl import api
 from tandem_dsl.diagnostics import Collector
 from tandem_dsl.source import path_str

@@ -109,7 +109,8 @@ def _program(r, params: dict):
     the params it takes (packed for the CPU kernel where it runs) and the prompt width."""
     from compiler.decode.backend import choose, prepare
     from compiler.ir import DecodeIR
-    from compiler.sharding import Sharder, generate_program
+    from compiler.sharded_programs import generate_program
+    from compiler.sharding import Sharder
 
     g = r.spec.data.generated
     sh = Sharder.for_run(r.prog)

@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from compiler.ir import ProgramIR, TrainStageIR
-from compiler.sharding import Sharder, train_step_program
+from compiler.sharded_programs import train_step_program
+from compiler.sharding import Sharder
 from compiler.train import all_params, init_train_state
 
 from . import checkpoint

@@ -31,7 +31,8 @@ from compiler.ir import (  # noqa: E402
     WiringIR,
 )
 from compiler.nn import init_params  # noqa: E402
-from compiler.sharding import Sharder, generate_program, train_step_program  # noqa: E402
+from compiler.sharded_programs import generate_program, train_step_program  # noqa: E402
+from compiler.sharding import Sharder  # noqa: E402
 from compiler.train import init_train_state, make_train_step  # noqa: E402
 
 # XLA:CPU at -O0 compiles about 2x faster; both sides of every comparison use it.
