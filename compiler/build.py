@@ -44,6 +44,7 @@ def build_ir(spec: Spec) -> ProgramIR:
             tie_embeddings=m.tie_embeddings,
             dtype=m.dtype,
             trainable=m.trainable,
+            embed_trainable=m.embed_trainable,
         )
         for name, m in spec.models.items()
     )
@@ -90,6 +91,7 @@ def _wiring(spec: Spec, w) -> WiringIR:
             per_layer=proj.per_layer,
             bias=proj.bias,
             hidden=proj.hidden,
+            init=proj.init,
         ),
         block=w.block,
         block_max=w.block_max or w.block,

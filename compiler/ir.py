@@ -39,6 +39,7 @@ class DecoderIR:
     tie_embeddings: bool = False
     dtype: str = "float32"  # float32 | bfloat16 | float16 (compute and storage)
     trainable: bool = True
+    embed_trainable: bool = True  # False: the token table (and a tied head) stays fixed
 
     def __post_init__(self):
         """The one invariant pass of a decoder, however it was built (a checked spec, the
@@ -139,6 +140,14 @@ class ProjectionIR:
     per_layer: bool = True  # one projection per wired small layer, or one shared
     bias: bool = False
     hidden: int = 0  # the inner width of kinds that have one; 0 = d_out
+    init: str = "random"  # random | identity (linear, d_in == d_out)
+
+    def __post_init__(self):
+        if self.init == "identity" and (self.kind != "linear" or self.d_in != self.d_out):
+            raise IRInvariantError(
+                f"projection {self.name!r}: only a linear {self.d_in} -> {self.d_in} projection "
+                f"starts as the identity, not a {self.kind} {self.d_in} -> {self.d_out} one"
+            )
 
     @property
     def hidden_dim(self) -> int:

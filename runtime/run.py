@@ -206,12 +206,20 @@ def initial_params(r: Run) -> dict:
             )
     for name, m in r.spec.models.items():
         if m.init.embed_from:
-            source = params[m.init.embed_from]["embed"]["tokens"]
-            table = nn.reduced_embedding(np.asarray(source), r.prog.model(name).d_model)
-            params[name]["embed"]["tokens"] = jnp.asarray(
-                table, params[name]["embed"]["tokens"].dtype
-            )
+            params[name] = _start_from(params[name], params[m.init.embed_from], m.init)
     return params
+
+
+def _start_from(own: dict, source: dict, init) -> dict:
+    """`init.embed_from` (the token table, reduced to this width) and `init.copy_layers`
+    (those source layers as layers 0, 1, ..., and the source's final norm)."""
+    tokens = own["embed"]["tokens"]
+    table = nn.reduced_embedding(np.asarray(source["embed"]["tokens"]), tokens.shape[1])
+    own = dict(own, embed=dict(own["embed"], tokens=jnp.asarray(table, tokens.dtype)))
+    copied = {f"layers_{j}": source[f"layers_{layer}"] for j, layer in enumerate(init.copy_layers)}
+    if copied:
+        copied["final_norm"] = source["final_norm"]
+    return own | jax.tree.map(lambda a: jnp.asarray(a, tokens.dtype), copied)
 
 
 def _check_trained(r: Run, index: int, info: dict) -> None:
@@ -328,7 +336,7 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
 
 def evaluate_stages(r: Run) -> dict:
     """Each stage's objective on the validation split, with the trained parameters."""
-    from compiler.sharding import train_step_program
+    from compiler.sharded_programs import train_step_program
     from compiler.train import init_train_state
 
     from .corpus import data_for_spec

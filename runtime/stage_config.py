@@ -77,9 +77,24 @@ def _weight_shape(model: dict) -> dict:
 
 def upgrade(recorded: dict) -> dict:
     """A config recorded by an older tandem-dsl, in today's form: it listed max_len for
-    every model."""
-    models = {name: _weight_shape(m) for name, m in recorded.get("models", {}).items()}
-    return {**recorded, "models": models}
+    every model, and it had no settings that default to what it did: a frozen-table option,
+    copied layers, a projection's init."""
+    models = {
+        name: {"embed_trainable": True, **_weight_shape(m)}
+        for name, m in recorded.get("models", {}).items()
+    }
+    for m in models.values():
+        if "init" in m:
+            m["init"] = {"copy_layers": [], **m["init"]}
+    wirings = [_with_projection_init(w) for w in recorded.get("wiring", [])]
+    return {**recorded, "models": models, "wiring": wirings}
+
+
+def _with_projection_init(wiring: dict) -> dict:
+    proj = wiring.get("projection")
+    if proj is None:
+        return wiring
+    return {**wiring, "projection": {"init": "random", **proj}}
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

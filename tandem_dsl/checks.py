@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from . import expr
 from .diagnostics import Collector, did_you_mean
-from .model import NAME_HINT, PROJECTION_KINDS, Spec, Wiring, bad_name_message, valid_name
+from .model import (
+    NAME_HINT,
+    OBJECTIVE_KINDS,
+    PROJECTION_KINDS,
+    Spec,
+    Wiring,
+    bad_name_message,
+    valid_name,
+)
 from .source import Doc
 
 RESERVED_STAGE_NAMES = ("generated", "router")  # other entries of a run directory
@@ -104,6 +112,51 @@ def embed_init(ctx: Context):
                 p,
                 "take the embeddings from a model at least as wide, or remove embed_from",
             )
+        else:
+            _copy_layers(ctx, name, m, ctx.spec.models[src])
+    for name, m in ctx.spec.models.items():
+        if m.init.copy_layers and m.init.embed_from is None:
+            ctx.error(
+                "E-CHECK-EMBED-INIT",
+                f"model '{name}' copies layers {m.init.copy_layers} but names no model to "
+                "copy them from",
+                ("models", name, "init", "copy_layers"),
+                "add `embed_from: large` (the model whose layers and table it starts from)",
+            )
+
+
+_LAYER_SHAPE = ("d_model", "n_heads", "n_kv_heads", "d_ff", "mlp", "norm", "pos")
+
+
+def _copy_layers(ctx: Context, name: str, m, src) -> None:
+    """copy_layers needs a source of the same layer shape and layer indices it has."""
+    p = ("models", name, "init", "copy_layers")
+    if not m.init.copy_layers:
+        return
+    differ = [f for f in _LAYER_SHAPE if getattr(m, f) != getattr(src, f)]
+    if differ:
+        ctx.error(
+            "E-CHECK-EMBED-INIT",
+            f"'{name}' cannot copy layers of '{m.init.embed_from}': they differ in "
+            + ", ".join(f"{f} ({getattr(m, f)} vs {getattr(src, f)})" for f in differ),
+            p,
+            "give the copying model the source's " + ", ".join(differ) + ", or remove copy_layers",
+        )
+    if len(m.init.copy_layers) > m.n_layers:
+        ctx.error(
+            "E-CHECK-EMBED-INIT",
+            f"'{name}' has {m.n_layers} layers but copy_layers lists {len(m.init.copy_layers)}",
+            p,
+            f"list at most {m.n_layers} layers",
+        )
+    for j, layer in enumerate(m.init.copy_layers):
+        if not 0 <= layer < src.n_layers:
+            ctx.error(
+                "E-CHECK-EMBED-INIT",
+                f"'{m.init.embed_from}' has layers 0..{src.n_layers - 1}, not {layer}",
+                p + (j,),
+                f"pick layers in 0..{src.n_layers - 1}",
+            )
 
 
 @check
@@ -181,6 +234,28 @@ def projections(ctx: Context):
                 f"a {proj.type} projection needs a hidden width",
                 p + ("type",),
                 "add `hidden: 256` (or use type: linear)",
+            )
+        if proj.init == "identity":
+            _identity_projection(ctx, name, proj)
+
+
+def _identity_projection(ctx: Context, name: str, proj) -> None:
+    models = ctx.spec.models
+    if proj.type != "linear":
+        ctx.error(
+            "E-CHECK-PROJECTION-INIT",
+            f"projection '{name}' is {proj.type}: only a linear one starts as the identity",
+            ("projections", name, "init"),
+            "use type: linear, or init: random",
+        )
+    elif proj.from_ in models and proj.to in models:
+        d_in, d_out = models[proj.from_].d_model, models[proj.to].d_model
+        if d_in != d_out:
+            ctx.error(
+                "E-CHECK-PROJECTION-INIT",
+                f"projection '{name}' maps {d_in} -> {d_out} dims: the identity needs equal widths",
+                ("projections", name, "init"),
+                "use init: random, or give both models the same d_model",
             )
 
 
@@ -351,13 +426,15 @@ def training(ctx: Context):
         obj = stage.objective
         if obj.model is not None:
             ctx.model_ref(obj.model, p + ("objective", "model"))
-        if obj.kind == "distil" and obj.teacher is None:
-            ctx.error(
-                "E-CHECK-OBJECTIVE",
-                "a distil objective needs a teacher",
-                p + ("objective", "kind"),
-                "add `teacher: large`",
-            )
+        _learnable(ctx, stage, p, names)
+        for needed in OBJECTIVE_KINDS[obj.kind]:
+            if getattr(obj, needed) is None:
+                ctx.error(
+                    "E-CHECK-OBJECTIVE",
+                    f"a {obj.kind} objective needs a {needed}",
+                    p + ("objective", "kind"),
+                    f"add `{needed}: large`",
+                )
         if obj.teacher is not None and ctx.model_ref(obj.teacher, p + ("objective", "teacher")):
             student = obj.model or next((n for n in stage.trainable if n in ctx.spec.models), None)
             if student in ctx.spec.models and _vocab(ctx, student) != _vocab(ctx, obj.teacher):
@@ -374,6 +451,29 @@ def training(ctx: Context):
                 f"seq_len {stage.seq_len} exceeds shapes.max_len {ctx.spec.shapes.max_len}",
                 p + ("seq_len",),
                 "raise shapes.max_len or shorten the sequences",
+            )
+
+
+def _learnable(ctx: Context, stage, p: tuple, names: set[str]) -> None:
+    """Every trainable entry gets a gradient from the loss: the objective's model and, for a
+    Tandem model, the large model and projection it reads (a teacher is only a target)."""
+    student = stage.objective.model or next(
+        (n for n in stage.trainable if n in ctx.spec.models), None
+    )
+    if student not in ctx.spec.models:
+        return
+    learnable = {student}
+    for w in ctx.spec.wiring:
+        if w.query == student and w.kind == "tandem":
+            learnable |= {w.memory, w.via}
+    for j, name in enumerate(stage.trainable):
+        if name in names and name not in learnable:
+            ctx.error(
+                "E-CHECK-TRAINABLE",
+                f"'{name}' gets no gradient from this stage's loss (on '{student}'): it can "
+                f"train {', '.join(sorted(n for n in learnable if n))}",
+                p + ("trainable", j),
+                f"remove '{name}', or train it in a stage whose objective model reads it",
             )
 
 

@@ -38,6 +38,9 @@ STOP_RULES = {
     "heuristic": (),
     "fixed": (),
 }
+# Training objectives, each with the objective fields it needs. The compiler has one entry per
+# name (compiler/train/objective.py OBJECTIVES); a test keeps the two in step.
+OBJECTIVE_KINDS = {"ce": (), "distil": ("teacher",)}
 # Names become folder and file names (runs/<name>/<stage>/...) and parameter keys.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_HINT = (
@@ -128,7 +131,15 @@ class Init:
         None,
         doc="Start the token embeddings (and a tied output layer) from this model's, reduced "
         "to d_model along their top principal directions: a distilled student then starts "
-        "with the teacher's token geometry instead of noise.",
+        "with the teacher's token geometry instead of noise. At equal d_model the table is "
+        "copied as is.",
+    )
+    copy_layers: list[int] = opt(
+        factory=list,
+        doc="Start layers 0, 1, ... from these layers of the `embed_from` model, and the "
+        "final norm from its final norm (it must have the same shape: d_model, heads, d_ff, "
+        "mlp, norm): a drafter that begins as a slice of its teacher, e.g. [29] for its last "
+        "layer.",
     )
 
 
@@ -181,6 +192,12 @@ class Decoder:
     tie_embeddings: bool = opt(False, doc="Share the embedding and output matrices.")
     init: Init = opt(factory=Init, doc="Weight source.")
     trainable: bool = opt(True, doc="False freezes the model (stop_gradient, no optimizer).")
+    embed_trainable: bool = opt(
+        True,
+        doc="False keeps the token embeddings (and a tied output layer) at their initial "
+        "values while the rest trains: with `init.embed_from` at equal width, a drafter that "
+        "reads and writes tokens in its teacher's own table.",
+    )
     dtype: str = opt("float32", doc="Parameter and compute dtype.", enum=["float32", "bfloat16"])
 
 
@@ -195,6 +212,12 @@ class Projection:
         enum=list(PROJECTION_KINDS),
     )
     per_layer: bool = opt(True, doc="One projection per wired layer (else one shared).")
+    init: str = opt(
+        "random",
+        doc="`random`, or `identity` (linear between equal widths): the small layer starts "
+        "by reading the large model's residual vectors as they are.",
+        enum=["random", "identity"],
+    )
     bias: bool = opt(False, doc="Add a bias.")
     hidden: int = opt(
         0,
@@ -228,7 +251,9 @@ class Wiring:
 @dataclass(frozen=True, kw_only=True)
 class Objective:
     kind: str = opt(
-        "ce", doc="`ce` (Tandem-CE / LM) or `distil` (Tandem-Distil).", enum=["ce", "distil"]
+        "ce",
+        doc="`ce` (Tandem-CE / LM) or `distil` (Tandem-Distil).",
+        enum=list(OBJECTIVE_KINDS),
     )
     model: str | None = opt(None, doc="The model being trained (default: first trainable).")
     teacher: str | None = opt(None, doc="Teacher model for `distil`.")

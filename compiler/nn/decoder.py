@@ -56,7 +56,9 @@ Context = Callable[[int, dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array
 def init_decoder(cfg: DecoderIR, rng) -> dict:
     """Random decoder params: one N(0, 1) draw shared out to every matrix."""
     # the name and trainability do not change the tree: same-shaped models share a compile
-    return _init_decoder(dataclasses.replace(cfg, name="", trainable=True), rng)
+    return _init_decoder(
+        dataclasses.replace(cfg, name="", trainable=True, embed_trainable=True), rng
+    )
 
 
 @partial(jax.jit, static_argnums=0)

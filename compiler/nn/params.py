@@ -47,7 +47,11 @@ def reduced_embedding(table: np.ndarray, d: int) -> np.ndarray:
     """A [V, D] embedding table -> [V, d] (d <= D): its coordinates along the top-d right
     singular vectors (uncentred), so the d-dim table keeps the largest part of every dot
     product between rows - the tied output layer's logits included. Deterministic: each
-    singular vector's sign is fixed by its largest entry."""
+    singular vector's sign is fixed by its largest entry. At d == D the table is returned as
+    is: a full-rank rotation would keep every dot product but scramble the coordinates that
+    layers copied from the same model read."""
+    if d == table.shape[1]:
+        return table.astype(np.float32)
     _, _, vt = np.linalg.svd(table.astype(np.float32), full_matrices=False)
     basis = vt[:d].T  # [D, d]
     basis = basis * np.sign(basis[np.abs(basis).argmax(0), np.arange(d)])

@@ -107,6 +107,11 @@ def leaf_axes() -> dict[str, tuple[str | None, ...]]:
 
 
 def _init_copy(proj: ProjectionIR, dt) -> dict:
+    if proj.init == "identity":  # checked: linear, d_in == d_out
+        return {
+            name: jnp.eye(*leaf.shape, dtype=dt) if name == "w" else jnp.zeros(leaf.shape, dt)
+            for name, leaf in kind_of(proj).leaves(proj).items()
+        }
     return {
         name: normal(leaf.shape, leaf.std, dt) if leaf.std else jnp.zeros(leaf.shape, dt)
         for name, leaf in kind_of(proj).leaves(proj).items()

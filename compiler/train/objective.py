@@ -13,13 +13,37 @@ Objectives (ObjectiveIR.kind):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
 
-from compiler.ir import DecoderIR, ProgramIR, TrainStageIR, WiringIR
+from compiler.errors import IRInvariantError
+from compiler.ir import DecoderIR, ObjectiveIR, ProgramIR, TrainStageIR, WiringIR
 from compiler.nn import decoder_forward, tandem_forward, training_frontier
 from compiler.train.losses import accuracy, agreement, cross_entropy, distil_loss
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective kind: whether its loss reads a teacher's logits, and the loss
+    (objective, logits, targets, teacher logits or None) -> (loss, named parts)."""
+
+    uses_teacher: bool
+    loss: Callable[[ObjectiveIR, jax.Array, jax.Array, jax.Array | None], tuple]
+
+
+def _ce(obj, logits, targets, reference):
+    loss = cross_entropy(logits, targets)
+    return loss, {"ce": loss}
+
+
+def _distil(obj, logits, targets, reference):
+    return distil_loss(logits, targets, reference, obj.weight, obj.temperature)
+
+
+# The spec names the kinds (tandem_dsl.model.OBJECTIVE_KINDS); each has one entry here.
+OBJECTIVES: dict[str, Objective] = {"ce": Objective(False, _ce), "distil": Objective(True, _distil)}
 
 
 @dataclass(frozen=True)
@@ -50,35 +74,42 @@ class StagePlan:
         return name not in self.trainable
 
 
+def fixed_embeddings(prog: ProgramIR) -> set[str]:
+    """Models whose token table (and tied head) training leaves as it started."""
+    return {m.name for m in prog.models if not m.embed_trainable}
+
+
 def plan_stage(prog: ProgramIR, stage: TrainStageIR) -> StagePlan:
     obj = stage.objective
     names = {m.name for m in prog.models}
     if obj.model not in names:
-        raise ValueError(f"stage {stage.name!r}: objective model {obj.model!r} is not a model")
-    if obj.kind not in ("ce", "distil"):
-        raise ValueError(f"stage {stage.name!r}: unknown objective kind {obj.kind!r}")
+        raise IRInvariantError(
+            f"stage {stage.name!r}: objective model {obj.model!r} is not a model"
+        )
+    if obj.kind not in OBJECTIVES:
+        raise IRInvariantError(f"stage {stage.name!r}: unknown objective kind {obj.kind!r}")
     model = prog.model(obj.model)
     wiring = prog.wiring_of(obj.model)
     if wiring is not None and wiring.kind == "none":
         wiring = None
     memory = prog.model(wiring.memory) if wiring is not None else None
     teacher = None
-    if obj.kind == "distil":
+    if OBJECTIVES[obj.kind].uses_teacher:
         teacher_name = obj.teacher or (memory.name if memory is not None else None)
         if teacher_name is None:
-            raise ValueError(
-                f"stage {stage.name!r}: distil on {obj.model!r} needs a teacher "
+            raise IRInvariantError(
+                f"stage {stage.name!r}: {obj.kind} on {obj.model!r} needs a teacher "
                 "(the model is not wired to a large model)"
             )
         if teacher_name not in names:
-            raise ValueError(f"stage {stage.name!r}: teacher {teacher_name!r} is not a model")
+            raise IRInvariantError(f"stage {stage.name!r}: teacher {teacher_name!r} is not a model")
         teacher = prog.model(teacher_name)
     plan = StagePlan(stage, model, wiring, memory, teacher, tuple(stage.trainable))
     if not stage.trainable:
-        raise ValueError(f"stage {stage.name!r}: nothing is trainable")
+        raise IRInvariantError(f"stage {stage.name!r}: nothing is trainable")
     unused = [n for n in stage.trainable if n not in plan.learnable]
     if unused:
-        raise ValueError(
+        raise IRInvariantError(
             f"stage {stage.name!r}: trainable {unused} get no gradient from the objective "
             f"(it can train {list(plan.learnable)}; a distillation teacher is only a target)"
         )
@@ -125,12 +156,8 @@ def forward(plan: StagePlan, params: dict, inputs: jax.Array, frontier_rng, bloc
 def loss_and_metrics(plan: StagePlan, logits, reference, targets) -> tuple[jax.Array, dict]:
     obj = plan.stage.objective
     metrics = {"accuracy": accuracy(logits, targets)}
-    if obj.kind == "distil":
-        loss, parts = distil_loss(logits, targets, reference, obj.weight, obj.temperature)
-        metrics.update(parts)
-    else:
-        loss = cross_entropy(logits, targets)
-        metrics["ce"] = loss
+    loss, parts = OBJECTIVES[obj.kind].loss(obj, logits, targets, reference)
+    metrics.update(parts)
     if reference is not None:
         metrics["agreement"] = agreement(logits, reference)
     metrics["loss"] = loss
@@ -141,12 +168,16 @@ def make_loss_fn(prog: ProgramIR, stage: TrainStageIR, block: int | None = None)
     """loss_fn(params, batch [B, T + 1], rng) -> (loss, metrics).
 
     params holds every model/projection by name; those not in stage.trainable are wrapped
-    in stop_gradient, so even a gradient taken w.r.t. all params is zero for them.
+    in stop_gradient, so even a gradient taken w.r.t. all params is zero for them, and so
+    are the token tables of models with embed_trainable False.
     """
     plan = plan_stage(prog, stage)
+    fixed_tables = fixed_embeddings(prog)
 
     def loss_fn(params: dict, batch: jax.Array, rng) -> tuple[jax.Array, dict]:
         params = {k: (jax.lax.stop_gradient(v) if plan.frozen(k) else v) for k, v in params.items()}
+        for name in fixed_tables & params.keys():
+            params[name] = dict(params[name], embed=jax.lax.stop_gradient(params[name]["embed"]))
         inputs, targets = batch[:, :-1], batch[:, 1:]
         logits, reference = forward(plan, params, inputs, rng, block)
         return loss_and_metrics(plan, logits, reference, targets)

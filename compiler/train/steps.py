@@ -18,8 +18,27 @@ import jax.numpy as jnp
 import optax
 
 from compiler.ir import ProgramIR, TrainStageIR
-from compiler.train.objective import make_loss_fn, plan_stage
+from compiler.train.objective import fixed_embeddings, make_loss_fn, plan_stage
 from compiler.train.optim import make_optimizer, make_schedule
+
+
+def stage_optimizer(prog: ProgramIR, stage: TrainStageIR) -> optax.GradientTransformation:
+    """The stage's optimizer; the token tables of models with embed_trainable False get zero
+    updates (and no optimizer state)."""
+    opt = make_optimizer(stage.optimizer, stage.steps)
+    fixed = fixed_embeddings(prog) & set(stage.trainable)
+    if not fixed:
+        return opt
+
+    def labels(params: dict) -> dict:
+        out = jax.tree.map(lambda _: "train", params)
+        for name in fixed & params.keys():
+            out[name] = dict(
+                out[name], embed=jax.tree.map(lambda _: "fixed", params[name]["embed"])
+            )
+        return out
+
+    return optax.multi_transform({"train": opt, "fixed": optax.set_to_zero()}, labels)
 
 
 def all_params(state: dict) -> dict:
@@ -36,7 +55,7 @@ def init_train_state(prog: ProgramIR, stage: TrainStageIR, params: dict) -> dict
         raise ValueError(f"stage {stage.name!r}: no params for trainable {missing}")
     trainable = {k: v for k, v in params.items() if k in stage.trainable}
     frozen = {k: v for k, v in params.items() if k not in stage.trainable}
-    opt = make_optimizer(stage.optimizer, stage.steps)
+    opt = stage_optimizer(prog, stage)
     return {
         "step": jnp.zeros((), jnp.int32),
         "params": trainable,
@@ -52,7 +71,7 @@ def make_train_step(prog: ProgramIR, stage: TrainStageIR):
     memory model), grad_norm (before clipping), lr.
     """
     loss_fn = make_loss_fn(prog, stage)
-    opt = make_optimizer(stage.optimizer, stage.steps)
+    opt = stage_optimizer(prog, stage)
     schedule = make_schedule(stage.optimizer, stage.steps)
 
     def train_step(state: dict, batch: jax.Array, rng) -> tuple[dict, dict]:

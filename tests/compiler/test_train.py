@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tiny_ir import VOCAB, jit, large_cfg, program, small_cfg, stage, tandem_wiring
 
+from compiler.errors import IRInvariantError
 from compiler.ir import ObjectiveIR, OptimizerIR, WiringIR
 from compiler.nn import decoder_forward, init_params
 from compiler.train import (
@@ -144,13 +145,15 @@ def test_eval_metrics(params, batch):
 
 
 def test_stage_errors(params):
-    with pytest.raises(ValueError, match="no gradient"):
+    """An IR built in Python that breaks a stage's invariants (the spec checks report each
+    one with its location first) is a bug of its builder."""
+    with pytest.raises(IRInvariantError, match="no gradient"):
         init_train_state(PROG, stage(ObjectiveIR(kind="ce", model="drafter"), ["large"]), params)
-    with pytest.raises(ValueError, match="needs a teacher"):
+    with pytest.raises(IRInvariantError, match="needs a teacher"):
         init_train_state(
             PROG, stage(ObjectiveIR(kind="distil", model="drafter"), ["drafter"]), params
         )
-    with pytest.raises(ValueError, match="not a model"):
+    with pytest.raises(IRInvariantError, match="not a model"):
         init_train_state(PROG, stage(ObjectiveIR(kind="ce", model="nope"), ["nope"]), params)
 
 

@@ -117,6 +117,20 @@ CASES = {
         "gamma: 4,", "gamma: 4, draft_vocab: 100,"
     ),
     "embed_from_wider": BASE.replace("n_heads: 4}", "n_heads: 4, init: {embed_from: small}}"),
+    "copy_layers_shape": BASE.replace(
+        "n_heads: 2}", "n_heads: 2, init: {embed_from: large, copy_layers: [3]}}"
+    ),
+    "copy_layers_range": BASE.replace(
+        "small: {d_model: 32, n_layers: 2, n_heads: 2}",
+        "small: {d_model: 64, n_layers: 2, n_heads: 4, init: {embed_from: large, "
+        "copy_layers: [3, 4]}}",
+    ),
+    "projection_identity": BASE.replace(
+        "l2s: {from: large, to: small}", "l2s: {from: large, to: small, init: identity}"
+    ),
+    "trainable_no_gradient": BASE
+    + "train:\n  - {name: s, trainable: [large, l2s], objective: {kind: ce, model: large}, "
+    "steps: 2}\n",
     "override_key": "# overrides: decode.gama=3\n" + BASE,
     "override_syntax": "# overrides: decode.gamma\n" + BASE,
     "override_exists": "# overrides: +decode.gamma=3\n" + BASE,

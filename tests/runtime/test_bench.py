@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -117,6 +118,23 @@ def test_embed_from_starts_the_small_model_from_the_large_embeddings(tmp_path):
         params["drafter"]["embed"]["tokens"], reduced_embedding(large, 16), rtol=1e-6
     )
     assert not np.allclose(params["small"]["embed"]["tokens"][:, :16], reduced_embedding(large, 16))
+
+
+def test_copy_layers_starts_the_drafter_as_a_slice_of_the_large_model(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        SPEC.replace(
+            "drafter: {d_model: 16,",
+            "drafter: {init: {embed_from: large, copy_layers: [1]}, d_model: 32,",
+        )
+    )
+    r = run.open_run(spec, run_dir=tmp_path / "run", log=lambda *a: None)
+    params = run.initial_params(r)
+    large, drafter = params["large"], params["drafter"]
+    for part in ("layers_1", "final_norm", "embed"):
+        mine = drafter["layers_0" if part == "layers_1" else part]
+        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(large[part]), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_ceiling_is_the_all_accepted_speedup():
