@@ -58,12 +58,29 @@ def _key(r, train_docs: list[Path]) -> str:
         stamp = [st.st_size, st.st_mtime_ns]
     settings = {
         "generated": {k: v for k, v in dataclasses.asdict(g).items() if k != "share"},
-        "model": repr(model),
+        "model": _set_fields(model),
         "weights": stamp,
         "tokenizer": [r.tokenizer.name, r.tokenizer.vocab_size],
         "docs": document_keys(train_docs),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_fields(value):
+    """A spec dataclass as the fields it sets away from their defaults (nested ones too): a
+    field added to the spec language later, at its default, leaves cached data valid."""
+    if not dataclasses.is_dataclass(value):
+        return value
+    out = {}
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = f.default
+        if v != default:
+            out[f.name] = _set_fields(v)
+    return out
 
 
 def _generate(r, params, train_docs, folder: Path, paths, missing: list[int], log) -> None:
