@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from compiler.ir import DecodeIR
+from compiler.timing import timed_call
 
 from .errors import UserError
 from .prompts import chat_prompt, code_before_def
@@ -123,9 +124,8 @@ def run_bench(r) -> dict:
         for i in range(len(prompts)):
             args = (jnp.asarray(tokens[i : i + 1]), jnp.asarray(lens[i : i + 1]), key)
             for name, fn in fns.items():
-                t = time.perf_counter()
-                results[name, i] = jax.block_until_ready(fn(params[name], *args))
-                best[name, i] = min(best[name, i], time.perf_counter() - t)
+                results[name, i], seconds = timed_call(fn, params[name], *args)
+                best[name, i] = min(best[name, i], seconds)
         r.log(f"bench: timed run {rep + 1}/{b.repeats} done")
     rows = _rows(table, prompts, results, best)
     drafters = [d.draft, *([b.drafter] if b.drafter else [])]

@@ -30,6 +30,7 @@ from compiler.ir import AdaptiveIR
 from compiler.router import ROUTER
 from compiler.router.collect import RouterData, collect, collect_config, concat
 from compiler.router.fit import fit, split
+from compiler.timing import timed_call
 
 from . import checkpoint
 from .stop_rule import STAGE, _adaptive, _template, load_router, measure_costs
@@ -200,9 +201,7 @@ def bench_rules(r, batch: int = 1, prompt_len: int = 64, repeats: int = 3,
         best[name] = float("inf")
     for _ in range(repeats):  # then interleave the timed runs: drift hits every rule alike
         for name, fn in fns.items():
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            best[name] = min(best[name], time.perf_counter() - t)
+            best[name] = min(best[name], timed_call(fn, *args)[1])
     r.log(
         "| rule | tokens/s | speedup | tau | M_L calls/token | M_S calls/token | drafts/round "
         "| greedy == M_L |"

@@ -14,7 +14,6 @@ import dataclasses
 import fcntl
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from compiler.ir import DecodeIR, ProgramIR
 from compiler.router import ROUTER
 from compiler.sharded_programs import generate_program
 from compiler.sharding import Sharder, maybe_initialize_distributed
+from compiler.timing import timings
 from tandem_dsl import api
 from tandem_dsl.diagnostics import Collector
 from tandem_dsl.source import path_str
@@ -433,13 +433,9 @@ def generate(
     fn = generate_program(r.prog, decode, sh, batch=len(prompts), stop_rule=rule,
                           packed=backend.packed)  # fmt: skip
     key = jax.random.PRNGKey(decode.sampling.seed)
-    result = fn(params, jnp.asarray(tokens), jnp.asarray(lens), key)  # compile + warm-up
-    jax.block_until_ready(result)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = jax.block_until_ready(fn(params, jnp.asarray(tokens), jnp.asarray(lens), key))
-        best = min(best, time.perf_counter() - start)
+    args = (params, jnp.asarray(tokens), jnp.asarray(lens), key)
+    result, seconds = timings(fn, *args, repeats=max(repeats, 1))
+    best = min(seconds)
     out_tokens = token_rows(result)
     texts = [r.tokenizer.decode(t) for t in out_tokens]
     stats = {**decode_stats([result], best), "backend": str(backend)}

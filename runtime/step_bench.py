@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,7 @@ from compiler.decode.bench import machine_line
 from compiler.ir import DecoderIR
 from compiler.nn import decoder_block, init_cache
 from compiler.router.costs import loop_ms
+from compiler.timing import timed_call
 
 
 def _rms(x, w, eps):
@@ -126,14 +126,11 @@ def compare(params: dict, cfg: DecoderIR, max_len: int, ks=(1, 3, 5, 9), n: int 
             row["max_abs_diff"][b] = err
         times = {b: [] for b in ("hand", *backends)}
         for _ in range(n):  # interleaved: drift hits every variant alike; caches threaded
-            t = time.perf_counter()
-            lh, kcs, vcs = jax.block_until_ready(hand(params, kcs, vcs, tokens, jnp.int32(start)))
-            times["hand"].append(time.perf_counter() - t)
+            (lh, kcs, vcs), s = timed_call(hand, params, kcs, vcs, tokens, jnp.int32(start))
+            times["hand"].append(s)
             for b in backends:
-                t = time.perf_counter()
-                lo, caches[b] = ours(weights[b], caches[b], tokens[None], pos)
-                jax.block_until_ready(lo)
-                times[b].append(time.perf_counter() - t)
+                (lo, caches[b]), s = timed_call(ours, weights[b], caches[b], tokens[None], pos)
+                times[b].append(s)
         row.update({f"{v}_ms": 1e3 * float(np.median(ts)) for v, ts in times.items()})
         for b in backends:  # as the decode loop runs it: no per-call dispatch of ~300 arrays
             carry = (init_cache(cfg, 1, max_len), jnp.zeros((), jnp.float32))

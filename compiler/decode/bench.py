@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,7 @@ import numpy as np
 from compiler.decode.programs import make_generate
 from compiler.ir import AdaptiveIR, DecodeIR, DecoderIR, ProgramIR, ProjectionIR, WiringIR
 from compiler.nn import init_params
+from compiler.timing import timings
 
 V = 256
 
@@ -100,13 +100,8 @@ def policies(new: int, gamma: int, max_gamma: int, threshold: float) -> dict[str
 
 
 def _time(fn, args, repeats: int):
-    jax.block_until_ready(fn(*args))  # warm-up (compile)
-    times, res = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        res = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), res
+    res, seconds = timings(fn, *args, repeats=repeats)
+    return statistics.median(seconds), res
 
 
 def bandwidth_probe() -> float:

@@ -5,8 +5,6 @@ made of, on this machine, at the batch size that will run - one M_S step, and th
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 
@@ -14,6 +12,7 @@ from compiler.decode.drafting import draft_head, small_step
 from compiler.decode.loops import large_block
 from compiler.decode.state import LoopConfig
 from compiler.nn import init_cache
+from compiler.timing import timings
 
 
 def loop_ms(step, params, carry, n: int, repeats: int) -> float:
@@ -22,13 +21,8 @@ def loop_ms(step, params, carry, n: int, repeats: int) -> float:
     params go in as an argument, as in the generate loop: closed over, XLA would fold them
     into constants (precomputing e.g. the transposed output layer) and time another program."""
     fn = jax.jit(lambda p, c: jax.lax.fori_loop(0, n, lambda i, c: step(p, c), c))
-    carry = jax.block_until_ready(fn(params, carry))  # compile / warm up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        carry = jax.block_until_ready(fn(params, carry))
-        best = min(best, time.perf_counter() - t)
-    return 1e3 * best / n
+    _, seconds = timings(fn, params, carry, repeats=repeats)
+    return 1e3 * min(seconds) / n
 
 
 def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int = 20,
