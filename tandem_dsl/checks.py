@@ -65,7 +65,7 @@ def run_checks(spec: Spec, doc: Doc, errors: Collector) -> None:
 
 def default_layer_map(n_small: int, n_large: int) -> tuple[int, ...]:
     """l(j) = ((j+1) * L_L) // L_S, so the last small layer reads the last layer (see
-    docs/architecture.md, Tandem semantics)."""
+    docs/design.md)."""
     return tuple(((j + 1) * n_large) // n_small for j in range(n_small))
 
 

@@ -152,7 +152,7 @@ def tandem_mask(frontier: jax.Array) -> jax.Array:
     """frontier [B, T] -> [B, T, 2T] bool, slots [projected 0..T-1 ; own 0..T-1].
 
     Query t (frontier f = frontier[b, t]) may read projected slot s iff s < f and own slot s
-    iff f <= s <= t (docs/architecture.md, Tandem semantics).
+    iff f <= s <= t (docs/design.md).
     """
     frontier = jnp.asarray(frontier, jnp.int32)
     t = frontier.shape[1]

@@ -1,6 +1,6 @@
 """The Tandem small model M_S: teacher-forced training pass and the decode-time cache rule.
 
-docs/architecture.md, Tandem semantics. Small layer j with a source l(j) = wiring.layer_map[j] reads
+docs/design.md. Small layer j with a source l(j) = wiring.layer_map[j] reads
 P_j(large hiddens[l(j)]). A projected vector is treated as an M_S residual vector: layer j
 applies its own attn_norm, W_K, W_V and RoPE at the token's own position to it.
 

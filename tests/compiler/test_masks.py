@@ -1,5 +1,5 @@
-"""The training frontier and the Tandem mask equal the rule in docs/architecture.md (Tandem
-semantics), position by position."""
+"""The training frontier and the Tandem mask equal the rule in docs/design.md, position by
+position."""
 
 from __future__ import annotations
 
