@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import decoding as rules
 from . import expr
 from .diagnostics import Collector, did_you_mean
 from .model import (
@@ -483,6 +484,7 @@ def _vocab(ctx: Context, name: str) -> int:
 
 @check
 def decoding(ctx: Context):
+    """The decode rules of `tandem_dsl/decoding.py`, each reported at its field."""
     d = ctx.spec.decode
     if d is None:
         return
@@ -497,44 +499,65 @@ def decoding(ctx: Context):
             )
         elif not ctx.model_ref(d.target, p + ("target",)):
             return
-    if d.policy in ("speed", "adaptive", "standalone") and d.draft is None:
-        ctx.error(
-            "E-CHECK-DECODE-MISSING",
-            f"policy {d.policy} needs a draft",
-            p + ("policy",),
-            "add `draft: small` (or {kind: ngram, n: 3} for speed)",
-        )
+    model_draft = isinstance(d.draft, str)
+    problem = rules.missing_draft(d.policy, d.draft is not None)
+    if problem:
+        hint = "add `draft: small` (or {kind: ngram, n: 3} for speed)"
+        ctx.error("E-CHECK-DECODE-MISSING", problem, p + ("policy",), hint)
         return
-    if isinstance(d.draft, str) and ctx.model_ref(d.draft, p + ("draft",)):
-        if d.target is not None:
-            _same_vocab_as_target(ctx, "draft", d.draft, d.target, p + ("draft",))
-        if d.policy == "standalone" and not any(
-            w.query == d.draft and w.kind == "tandem" for w in ctx.spec.wiring
-        ):
-            ctx.error(
-                "E-CHECK-STANDALONE",
-                f"standalone decoding needs a tandem-wired draft; '{d.draft}' is not wired",
-                p + ("draft",),
-                "draft with a model that has a kind: tandem wiring, or use policy: speed",
-            )
-    elif d.draft is not None and not isinstance(d.draft, str) and d.policy == "standalone":
-        ctx.error(
-            "E-CHECK-STANDALONE",
-            "standalone decoding needs a model draft",
-            p + ("draft",),
-            "name a tandem-wired small model, or use policy: speed for prompt lookup",
+    if model_draft and not ctx.model_ref(d.draft, p + ("draft",)):
+        return
+    wiring = next((w for w in ctx.spec.wiring if w.query == d.draft), None)
+    memory = wiring.memory if wiring is not None and wiring.kind == "tandem" else None
+    ngram = d.draft is not None and not model_draft
+    vocab = _vocab(ctx, d.draft) if model_draft else 0
+
+    def report(code, problem, field, hint):
+        if problem:
+            ctx.error(code, problem, p + (field,), hint)
+
+    report(
+        "E-CHECK-DRAFT",
+        rules.ngram_policy(d.policy, ngram),
+        "policy",
+        "use policy: speed for prompt lookup, or draft with a model",
+    )
+    report(
+        "E-CHECK-STANDALONE",
+        rules.standalone_draft(d.policy, model_draft, memory is not None),
+        "draft",
+        "draft with a model that has a kind: tandem wiring, or use policy: speed",
+    )
+    report(
+        "E-CHECK-DRAFT-VOCAB",
+        rules.draft_vocab(d.policy, model_draft, d.draft_vocab, vocab),
+        "draft_vocab",
+        "use policy speed with draft: <model> and at most its vocab, or 0 for all of it",
+    )
+    report(
+        "E-CHECK-LOOKUP",
+        rules.lookup(d.policy, model_draft, d.lookup),
+        "lookup",
+        "use `draft: <model>` with `lookup: 3`, or remove lookup",
+    )
+    report(
+        "E-CHECK-DECODE-MISSING",
+        rules.adaptive_section(d.policy, d.adaptive is not None),
+        "policy",
+        "add `adaptive: {threshold: 0.8, max_gamma: 16}`",
+    )
+    if model_draft and d.target is not None:
+        report(
+            "E-CHECK-DRAFT",
+            rules.draft_memory(d.draft, memory, d.target),
+            "draft",
+            f"draft with a model wired to '{d.target}', or verify with target: {memory}",
         )
-    if d.draft_vocab:
-        _draft_vocab(ctx, d, p + ("draft_vocab",))
-    if d.lookup and (d.policy not in ("speed", "adaptive") or not isinstance(d.draft, str)):
-        ctx.error(
-            "E-CHECK-LOOKUP",
-            "lookup adds prompt-lookup drafts to a draft model's rounds: it needs policy speed "
-            "or adaptive and a model draft"
-            + ("" if isinstance(d.draft, str) else " (draft {kind: ngram} is prompt lookup alone)"),
-            p + ("lookup",),
-            "use `draft: <model>` with `lookup: 3`, or remove lookup",
-        )
+        _same_vocab_as_target(ctx, "draft", d.draft, d.target, p + ("draft",))
+    _fits_the_cache(ctx, d, p)
+
+
+def _fits_the_cache(ctx: Context, d, p: tuple) -> None:
     longest = d.gamma if d.adaptive is None else max(d.gamma, d.adaptive.max_gamma)
     max_len = ctx.spec.shapes.max_len
     if longest >= max_len:
@@ -552,42 +575,13 @@ def decoding(ctx: Context):
             p + ("max_new_tokens",),
             "raise shapes.max_len or lower max_new_tokens",
         )
-    if d.policy == "adaptive" and d.adaptive is None:
-        ctx.error(
-            "E-CHECK-DECODE-MISSING",
-            "policy adaptive needs an `adaptive:` section",
-            p + ("policy",),
-            "add `adaptive: {threshold: 0.8, max_gamma: 16}`",
-        )
-
-
-def _draft_vocab(ctx: Context, d, path) -> None:
-    if d.policy not in ("speed", "adaptive") or not isinstance(d.draft, str):
-        ctx.error(
-            "E-CHECK-DRAFT-VOCAB",
-            "draft_vocab restricts a draft model's proposals; it needs policy speed or adaptive "
-            "with a model draft (standalone would change the output)",
-            path,
-            "remove draft_vocab, or use policy: speed with draft: <model>",
-        )
-    elif d.draft in ctx.spec.models and d.draft_vocab > _vocab(ctx, d.draft):
-        ctx.error(
-            "E-CHECK-DRAFT-VOCAB",
-            f"draft_vocab {d.draft_vocab} exceeds the vocabulary of '{d.draft}' "
-            f"({_vocab(ctx, d.draft)})",
-            path,
-            "use at most the model's vocab, or 0 for all of it",
-        )
 
 
 def _same_vocab_as_target(ctx: Context, role: str, name: str, target: str, path) -> None:
-    if _vocab(ctx, name) != _vocab(ctx, target):
+    problem = rules.same_vocab(role, name, _vocab(ctx, name), target, _vocab(ctx, target))
+    if problem:
         ctx.error(
-            "E-CHECK-VOCAB",
-            f"{role} '{name}' (vocab {_vocab(ctx, name)}) and target '{target}' "
-            f"(vocab {_vocab(ctx, target)}) must share a vocabulary",
-            path,
-            f"set models.{name}.vocab to {_vocab(ctx, target)}",
+            "E-CHECK-VOCAB", problem, path, f"set models.{name}.vocab to {_vocab(ctx, target)}"
         )
 
 

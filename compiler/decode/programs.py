@@ -22,7 +22,9 @@ from compiler.decode.drafting import small_step
 from compiler.decode.rules import RULES
 from compiler.decode.state import POLICIES, GenerateResult, LoopConfig
 from compiler.decode.verify import verify
+from compiler.errors import IRInvariantError
 from compiler.ir import DecodeIR, ProgramIR, SamplingIR
+from tandem_dsl import decoding as decode_rules
 from tandem_dsl.model import STOP_RULES
 
 
@@ -84,55 +86,34 @@ def loop_config(
     )  # fmt: skip
     if decode.policy == "autoregressive":
         return LoopConfig(policy="autoregressive", draft=None, wiring=None, gamma=1, **common)
-    _check_lookup(decode)
+    draft = prog.model(decode.draft) if decode.draft is not None else None
+    wiring = prog.wiring_of(draft.name) if draft is not None else None
+    tandem = wiring is not None and wiring.kind != "none"
+    _hold(
+        decode_rules.missing_draft(decode.policy, draft is not None or decode.draft_ngram > 0),
+        decode_rules.ngram_policy(decode.policy, decode.draft_ngram > 0),
+        decode_rules.lookup(decode.policy, draft is not None, decode.lookup),
+        decode_rules.adaptive_section(decode.policy, decode.adaptive is not None),
+    )
+    if decode.gamma < 1 or decode.lookup < 0:
+        raise IRInvariantError(f"decode gamma {decode.gamma} / lookup {decode.lookup}")
     if decode.draft_ngram > 0:
-        if decode.policy != "speed":
-            raise ValueError(
-                f"prompt-lookup drafts (draft: {{kind: ngram}}) need policy 'speed', not "
-                f"{decode.policy!r}"
-            )
-        if decode.gamma < 1:
-            raise ValueError(f"decode.gamma must be >= 1, got {decode.gamma}")
         bk = (0, decode.gamma) if buckets is None else _check_buckets(buckets, decode.gamma)
         return LoopConfig(policy="speed", draft=None, wiring=None, gamma=decode.gamma,
                           ngram=decode.draft_ngram, buckets=bk, **common)  # fmt: skip
-
-    if decode.draft is None:
-        raise ValueError(f"decode.policy {decode.policy!r} needs decode.draft (a model name)")
-    draft = prog.model(decode.draft)
-    wiring = prog.wiring_of(draft.name)
-    tandem = wiring is not None and wiring.kind != "none"
-    if tandem and wiring.memory != target.name:
-        raise ValueError(
-            f"model {draft.name!r} reads memory from {wiring.memory!r}, not the target "
-            f"{target.name!r}"
-        )
-    if draft.vocab != target.vocab:
-        raise ValueError(
-            f"draft {draft.name!r} vocab {draft.vocab} != target {target.name!r} vocab "
-            f"{target.vocab}: speculative decoding needs one vocabulary"
-        )
-    if decode.gamma < 1:
-        raise ValueError(f"decode.gamma must be >= 1, got {decode.gamma}")
-    if decode.draft_vocab and (decode.policy == "standalone" or decode.draft_vocab > draft.vocab):
-        raise ValueError(
-            f"decode.draft_vocab {decode.draft_vocab}: needs policy speed or adaptive and at most "
-            f"the draft's vocab {draft.vocab}"
-        )
+    _hold(
+        decode_rules.standalone_draft(decode.policy, True, tandem),
+        decode_rules.draft_memory(draft.name, wiring.memory if tandem else None, target.name),
+        decode_rules.same_vocab("draft", draft.name, draft.vocab, target.name, target.vocab),
+        decode_rules.draft_vocab(decode.policy, True, decode.draft_vocab, draft.vocab),
+    )
     common.update(draft_vocab=decode.draft_vocab, lookup=decode.lookup)
     if decode.policy == "standalone":
-        if not tandem:
-            raise ValueError(
-                f"standalone Tandem needs a tandem wiring for {draft.name!r}; for the small "
-                "model alone use policy 'autoregressive' with target: " + draft.name
-            )
         return LoopConfig(policy="standalone", draft=draft, wiring=wiring, gamma=decode.gamma,
                           free_token=decode.free_token, **common)  # fmt: skip
     if decode.policy == "speed":
         return LoopConfig(policy="speed", draft=draft, wiring=wiring, gamma=decode.gamma,
                           **common)  # fmt: skip
-    if decode.adaptive is None:
-        raise ValueError("decode.policy 'adaptive' needs a decode.adaptive section")
     g = decode.adaptive.max_gamma
     bk = default_buckets(g) if buckets is None else _check_buckets(buckets, g)
     return LoopConfig(policy="adaptive", draft=draft, wiring=wiring, gamma=g,
@@ -140,16 +121,12 @@ def loop_config(
                       **common)  # fmt: skip
 
 
-def _check_lookup(decode: DecodeIR) -> None:
-    """decode.lookup (hybrid drafting) adds prompt lookup to a draft model's SPEED rounds."""
-    if decode.lookup < 0:
-        raise ValueError(f"decode.lookup must be >= 0, got {decode.lookup}")
-    if decode.lookup and (decode.policy not in ("speed", "adaptive") or decode.draft_ngram):
-        raise ValueError(
-            f"decode.lookup {decode.lookup} (hybrid drafting) needs policy speed or adaptive with "
-            f"a draft model, not policy {decode.policy!r}"
-            + (" with prompt-lookup drafts (draft: {kind: ngram})" if decode.draft_ngram else "")
-        )
+def _hold(*problems: str | None) -> None:
+    """The decode rules (`tandem_dsl/decoding.py`) on an IR built in Python: the spec checks
+    report each at its field first, so a broken one here is a bug of the builder."""
+    for problem in problems:
+        if problem:
+            raise IRInvariantError(problem)
 
 
 def _check_buckets(buckets, gamma: int) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ from decode_fixtures import prompts as make_prompts
 
 from compiler.decode.drafting import small_step
 from compiler.decode.programs import loop_config
+from compiler.errors import IRInvariantError
 from compiler.nn import init_cache
 
 N = 24  # of VOCAB 61
@@ -62,7 +63,7 @@ def test_greedy_output_unchanged_and_drafts_restricted():
 
 def test_draft_vocab_needs_speed_and_fits_the_vocab():
     prog = program("tandem")
-    with pytest.raises(ValueError, match="draft_vocab"):
+    with pytest.raises(IRInvariantError, match="draft_vocab"):
         loop_config(prog, dataclasses.replace(decode_ir("standalone"), draft_vocab=N))
-    with pytest.raises(ValueError, match="draft_vocab"):
+    with pytest.raises(IRInvariantError, match="draft_vocab"):
         loop_config(prog, dataclasses.replace(decode_ir("speed"), draft_vocab=1000))

@@ -31,6 +31,7 @@ from compiler.decode.lookup import lookup
 from compiler.decode.loops import hybrid_drafts, prefill, speculative_step
 from compiler.decode.programs import loop_config
 from compiler.decode.rules import FixedRule
+from compiler.errors import IRInvariantError
 from compiler.ir import AdaptiveIR, SamplingIR
 from compiler.nn import init_cache, write_memory
 from compiler.nn.decoder import decoder_block
@@ -283,9 +284,9 @@ def test_lookup_needs_speed_or_adaptive_with_a_model_draft(overrides):
 
 def test_loop_config_refuses_lookup_without_a_model_draft():
     prog = program("tandem")
-    with pytest.raises(ValueError, match="decode.lookup"):
+    with pytest.raises(IRInvariantError, match="lookup adds prompt-lookup"):
         loop_config(prog, hybrid_ir("standalone"))
     ngram = dataclasses.replace(hybrid_ir(), draft=None, draft_ngram=3)
-    with pytest.raises(ValueError, match="decode.lookup"):
+    with pytest.raises(IRInvariantError, match="lookup adds prompt-lookup"):
         loop_config(prog, ngram)
     assert loop_config(program("partial"), hybrid_ir()).catch_up

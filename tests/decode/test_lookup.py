@@ -22,6 +22,7 @@ from decode_fixtures import (
 
 from compiler.decode.lookup import lookup
 from compiler.decode.programs import loop_config
+from compiler.errors import IRInvariantError
 
 KEY = jax.random.key(0)
 SLOW = pytest.mark.slow
@@ -127,7 +128,7 @@ def test_sampled_lookup_is_lossless_in_distribution():
 
 def test_ngram_config_validation():
     prog = program("tandem")
-    with pytest.raises(ValueError, match="need policy 'speed'"):
+    with pytest.raises(IRInvariantError, match="need policy speed"):
         loop_config(prog, dataclasses.replace(ngram_ir(), policy="adaptive"))
     cfg = loop_config(prog, ngram_ir(gamma=5))
     assert cfg.ngram == 3 and cfg.draft is None and cfg.buckets == (0, 5)

@@ -23,6 +23,7 @@ from decode_fixtures import (
 
 from compiler.decode import DraftSignal, loop_config, make_programs
 from compiler.decode.rules import Rule
+from compiler.errors import IRInvariantError
 from compiler.ir import AdaptiveIR
 
 KEY = jax.random.key(0)
@@ -80,16 +81,16 @@ def test_stop_rule_reads_params_without_recompiling():
 
 def test_config_validation():
     tandem, indep = program("tandem"), program("independent")
-    with pytest.raises(ValueError, match="standalone Tandem needs a tandem wiring"):
+    with pytest.raises(IRInvariantError, match="standalone decoding needs a tandem-wired"):
         loop_config(indep, decode_ir("standalone"))
     with pytest.raises(ValueError, match="needs a trained router"):
         loop_config(tandem, decode_ir("adaptive", adaptive=AdaptiveIR(rule="threshold")))
-    with pytest.raises(ValueError, match="needs a decode.adaptive"):
+    with pytest.raises(IRInvariantError, match="needs an `adaptive:` section"):
         loop_config(tandem, decode_ir("adaptive"))
     with pytest.raises(ValueError, match="top_p"):
         loop_config(tandem, decode_ir("speed", temperature=1.0, top_p=0.0))
     small32 = dataclasses.replace(tandem.models[1], vocab=32)
-    with pytest.raises(ValueError, match="one vocabulary"):
+    with pytest.raises(IRInvariantError, match="must share a vocabulary"):
         loop_config(dataclasses.replace(tandem, models=(tandem.models[0], small32)),
                     decode_ir("speed"))  # fmt: skip
     cfg = loop_config(tandem, decode_ir("adaptive", adaptive=AdaptiveIR(rule="confidence")))

@@ -131,6 +131,16 @@ CASES = {
     "trainable_no_gradient": BASE
     + "train:\n  - {name: s, trainable: [large, l2s], objective: {kind: ce, model: large}, "
     "steps: 2}\n",
+    "decode_ngram_adaptive": BASE.replace(
+        "policy: speed, target: large, draft: small,",
+        "policy: adaptive, target: large, draft: {kind: ngram, n: 2}, adaptive: {},",
+    ),
+    "decode_draft_memory": BASE.replace(
+        "  small: {d_model: 32",
+        "  other: {d_model: 64, n_layers: 2, n_heads: 4}\n  small: {d_model: 32",
+    )
+    .replace("l2s: {from: large,", "l2s: {from: other,")
+    .replace("memory: large,", "memory: other,"),
     "override_key": "# overrides: decode.gama=3\n" + BASE,
     "override_syntax": "# overrides: decode.gamma\n" + BASE,
     "override_exists": "# overrides: +decode.gamma=3\n" + BASE,

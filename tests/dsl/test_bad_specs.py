@@ -23,6 +23,8 @@ EXPECTED = {
     "cache_overflow": ("E-CHECK-CACHE", 10, 80),
     "copy_layers_range": ("E-CHECK-EMBED-INIT", 5, 92),
     "copy_layers_shape": ("E-CHECK-EMBED-INIT", 5, 88),
+    "decode_draft_memory": ("E-CHECK-DRAFT", 11, 47),
+    "decode_ngram_adaptive": ("E-CHECK-DRAFT", 10, 18),
     "decode_no_draft": ("E-CHECK-DECODE-MISSING", 10, 18),
     "distil_no_teacher": ("E-CHECK-OBJECTIVE", 14, 64),
     "draft_vocab_big": ("E-CHECK-DRAFT-VOCAB", 10, 77),
