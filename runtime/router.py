@@ -25,7 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from compiler.decode.programs import make_generate
-from compiler.decode.rules import RULES, ConfidenceRule, FixedRule, HeuristicRule, RouterRule
+from compiler.decode.rules import (
+    RULES,
+    ConfidenceRule,
+    FixedRule,
+    HeuristicRule,
+    MarginRule,
+    RouterRule,
+)
 from compiler.ir import AdaptiveIR
 from compiler.router import ROUTER
 from compiler.router.collect import RouterData, collect, collect_config, concat
@@ -147,6 +154,8 @@ def rule_table(r, router: dict | None, costs: dict, gammas, conf, max_gamma: int
         rules[f"fixed gamma={g}"] = (dataclasses.replace(base, policy="speed", gamma=g), None)
     for t in conf:
         rules[f"confidence >= {t}"] = (ad, ConfidenceRule(t))
+    for t in conf:
+        rules[f"margin >= {t}"] = (ad, MarginRule(t))
     rules["+2/-1 heuristic"] = (ad, HeuristicRule(4, max_gamma))
     if router is not None:
         for t in sorted({a.threshold, 0.5}):
