@@ -173,6 +173,7 @@ def train_stage(
     start, start_step, tokens = time.perf_counter(), step, 0
     timed_from, timed_tokens = None, 0
     end = stage.steps if stop_after_steps is None else min(stage.steps, stop_after_steps)
+    pending: list[tuple[int, dict]] = []  # metrics still on the device, pulled at a sync
     with open(metrics_file, "a") as log, _closing(batches):
         while step < end:
             batch = sh.put(next(batches), batch_sh)
@@ -180,31 +181,37 @@ def train_stage(
             state, m = train_step(state, batch, jax.random.fold_in(rng, step))
             step += 1
             tokens += batch.shape[0] * (batch.shape[1] - 1)
-            loss = float(m["loss"])
+            pending.append((step, m))
+            evaluate_now = val and (step % stage.eval_every == 0 or step == stage.steps)
+            save_now = step % stage.checkpoint_every == 0 or step == end
+            if not (step % log_every == 0 or step in (1, end) or evaluate_now or save_now):
+                continue  # no device-to-host copy: the next steps queue behind this one
+            for at, row in jax.device_get(pending):  # one sync for the steps since the last
+                loss = float(row["loss"])
+                if not math.isfinite(loss):
+                    probe = val[0] if val else batch  # data.val_fraction 0: no held-out data
+
+                    def good(path: Path, start_loss: float, probe=probe) -> bool:
+                        restored, _ = checkpoint.restore(path, template)
+                        value = float(eval_step(sh.put(restored, state_sh), probe)["loss"])
+                        sane = math.isfinite(value) and value <= start_loss
+                        return sane and _sane_weights(restored["params"], template["params"])
+
+                    raise _diverged(prog, stage, stage_dir, loss, at, good)
+                if at % log_every == 0 or at in (1, end):  # step 1: the starting loss
+                    log.write(json.dumps({"kind": "train", "step": at, **_floats(row)}) + "\n")
+            log.flush()
+            pending.clear()
             if timed_from is None:
                 timed_from, timed_tokens = time.perf_counter(), tokens
-            if not math.isfinite(loss):
-                probe = val[0] if val else batch  # data.val_fraction 0: no held-out data
-
-                def good(path: Path, start_loss: float, probe=probe) -> bool:
-                    restored, _ = checkpoint.restore(path, template)
-                    value = float(eval_step(sh.put(restored, state_sh), probe)["loss"])
-                    sane = math.isfinite(value) and value <= start_loss
-                    return sane and _sane_weights(restored["params"], template["params"])
-
-                raise _diverged(prog, stage, stage_dir, loss, step, good)
-            if step % log_every == 0 or step in (1, end):  # step 1: the starting loss
-                row = {"kind": "train", "step": step, **_floats(m)}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
             if progress is not None:
                 elapsed = time.perf_counter() - timed_from
                 progress(step, stage.steps, loss, (tokens - timed_tokens) / max(elapsed, 1e-9))
-            if val and (step % stage.eval_every == 0 or step == stage.steps):
+            if evaluate_now:
                 last_metrics = evaluate(eval_step, state, val)
                 log.write(json.dumps({"kind": "eval", "step": step, **last_metrics}) + "\n")
                 log.flush()
-            if step % stage.checkpoint_every == 0 or step == end:
+            if save_now:
                 save(step)
     seconds = time.perf_counter() - start
     timed = time.perf_counter() - timed_from if timed_from is not None else 0.0
