@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import decoding as rules
-from . import expr
+from . import expr, stages
 from .diagnostics import Collector, did_you_mean
 from .model import (
     NAME_HINT,
@@ -463,16 +463,14 @@ def _learnable(ctx: Context, stage, p: tuple, names: set[str]) -> None:
     )
     if student not in ctx.spec.models:
         return
-    learnable = {student}
-    for w in ctx.spec.wiring:
-        if w.query == student and w.kind == "tandem":
-            learnable |= {w.memory, w.via}
+    reads = [(w.query, w.memory, w.via) for w in ctx.spec.wiring if w.kind == "tandem"]
+    learnable = stages.learnable(student, reads)
     for j, name in enumerate(stage.trainable):
         if name in names and name not in learnable:
             ctx.error(
                 "E-CHECK-TRAINABLE",
                 f"'{name}' gets no gradient from this stage's loss (on '{student}'): it can "
-                f"train {', '.join(sorted(n for n in learnable if n))}",
+                f"train {', '.join(sorted(learnable))}",
                 p + ("trainable", j),
                 f"remove '{name}', or train it in a stage whose objective model reads it",
             )

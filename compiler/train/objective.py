@@ -22,6 +22,7 @@ from compiler.errors import IRInvariantError
 from compiler.ir import DecoderIR, ObjectiveIR, ProgramIR, TrainStageIR, WiringIR
 from compiler.nn import decoder_forward, tandem_forward, training_frontier
 from compiler.train.losses import accuracy, agreement, cross_entropy, distil_loss
+from tandem_dsl import stages
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,11 @@ class StagePlan:
     trainable: tuple[str, ...]
 
     @property
-    def learnable(self) -> tuple[str, ...]:
-        """Params the loss can send gradients to: the model, and for Tandem its memory
-        model and projection. A distillation teacher is only a target."""
-        if self.wiring is None:
-            return (self.model.name,)
-        return (self.model.name, self.memory.name, self.wiring.projection.name)
+    def learnable(self) -> set[str]:
+        """Params the loss can send gradients to (`tandem_dsl.stages.learnable`)."""
+        w = self.wiring
+        reads = [] if w is None else [(w.query, w.memory, w.projection and w.projection.name)]
+        return stages.learnable(self.model.name, reads)
 
     @property
     def reference(self) -> DecoderIR | None:
@@ -111,7 +111,7 @@ def plan_stage(prog: ProgramIR, stage: TrainStageIR) -> StagePlan:
     if unused:
         raise IRInvariantError(
             f"stage {stage.name!r}: trainable {unused} get no gradient from the objective "
-            f"(it can train {list(plan.learnable)}; a distillation teacher is only a target)"
+            f"(it can train {sorted(plan.learnable)}; a distillation teacher is only a target)"
         )
     return plan
 
