@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from compiler.errors import IRInvariantError
+from tandem_dsl import rules
 
 _DECODER_CHOICES = {
     "norm": ("rmsnorm", "layernorm"),
@@ -143,11 +144,11 @@ class ProjectionIR:
     init: str = "random"  # random | identity (linear, d_in == d_out)
 
     def __post_init__(self):
-        if self.init == "identity" and (self.kind != "linear" or self.d_in != self.d_out):
-            raise IRInvariantError(
-                f"projection {self.name!r}: only a linear {self.d_in} -> {self.d_in} projection "
-                f"starts as the identity, not a {self.kind} {self.d_in} -> {self.d_out} one"
-            )
+        problem = self.init == "identity" and rules.identity_projection(
+            self.name, self.kind, self.d_in, self.d_out
+        )
+        if problem:
+            raise IRInvariantError(problem)
 
     @property
     def hidden_dim(self) -> int:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import decoding as rules
-from . import expr, stages
+from . import expr, rules
 from .diagnostics import Collector, did_you_mean
 from .model import (
     NAME_HINT,
@@ -242,22 +241,13 @@ def projections(ctx: Context):
 
 def _identity_projection(ctx: Context, name: str, proj) -> None:
     models = ctx.spec.models
-    if proj.type != "linear":
-        ctx.error(
-            "E-CHECK-PROJECTION-INIT",
-            f"projection '{name}' is {proj.type}: only a linear one starts as the identity",
-            ("projections", name, "init"),
-            "use type: linear, or init: random",
-        )
-    elif proj.from_ in models and proj.to in models:
-        d_in, d_out = models[proj.from_].d_model, models[proj.to].d_model
-        if d_in != d_out:
-            ctx.error(
-                "E-CHECK-PROJECTION-INIT",
-                f"projection '{name}' maps {d_in} -> {d_out} dims: the identity needs equal widths",
-                ("projections", name, "init"),
-                "use init: random, or give both models the same d_model",
-            )
+    if proj.from_ not in models or proj.to not in models:
+        return
+    d_in, d_out = models[proj.from_].d_model, models[proj.to].d_model
+    problem = rules.identity_projection(name, proj.type, d_in, d_out)
+    if problem:
+        hint = "use init: random, or a linear projection between models of one d_model"
+        ctx.error("E-CHECK-PROJECTION-INIT", problem, ("projections", name, "init"), hint)
 
 
 @check
@@ -464,7 +454,7 @@ def _learnable(ctx: Context, stage, p: tuple, names: set[str]) -> None:
     if student not in ctx.spec.models:
         return
     reads = [(w.query, w.memory, w.via) for w in ctx.spec.wiring if w.kind == "tandem"]
-    learnable = stages.learnable(student, reads)
+    learnable = rules.learnable(student, reads)
     for j, name in enumerate(stage.trainable):
         if name in names and name not in learnable:
             ctx.error(
@@ -482,7 +472,7 @@ def _vocab(ctx: Context, name: str) -> int:
 
 @check
 def decoding(ctx: Context):
-    """The decode rules of `tandem_dsl/decoding.py`, each reported at its field."""
+    """The decode rules of `tandem_dsl/rules.py`, each reported at its field."""
     d = ctx.spec.decode
     if d is None:
         return

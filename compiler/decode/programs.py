@@ -24,7 +24,7 @@ from compiler.decode.state import POLICIES, GenerateResult, LoopConfig
 from compiler.decode.verify import verify
 from compiler.errors import IRInvariantError
 from compiler.ir import DecodeIR, ProgramIR, SamplingIR
-from tandem_dsl import decoding as decode_rules
+from tandem_dsl import rules as decode_rules
 from tandem_dsl.model import STOP_RULES
 
 
@@ -122,7 +122,7 @@ def loop_config(
 
 
 def _hold(*problems: str | None) -> None:
-    """The decode rules (`tandem_dsl/decoding.py`) on an IR built in Python: the spec checks
+    """The decode rules (`tandem_dsl/rules.py`) on an IR built in Python: the spec checks
     report each at its field first, so a broken one here is a bug of the builder."""
     for problem in problems:
         if problem:

@@ -22,7 +22,7 @@ from compiler.errors import IRInvariantError
 from compiler.ir import DecoderIR, ObjectiveIR, ProgramIR, TrainStageIR, WiringIR
 from compiler.nn import decoder_forward, tandem_forward, training_frontier
 from compiler.train.losses import accuracy, agreement, cross_entropy, distil_loss
-from tandem_dsl import stages
+from tandem_dsl import rules
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,10 @@ class StagePlan:
 
     @property
     def learnable(self) -> set[str]:
-        """Params the loss can send gradients to (`tandem_dsl.stages.learnable`)."""
+        """Params the loss can send gradients to (`tandem_dsl.rules.learnable`)."""
         w = self.wiring
         reads = [] if w is None else [(w.query, w.memory, w.projection and w.projection.name)]
-        return stages.learnable(self.model.name, reads)
+        return rules.learnable(self.model.name, reads)
 
     @property
     def reference(self) -> DecoderIR | None:

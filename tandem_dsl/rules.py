@@ -1,12 +1,16 @@
-"""The rules that tie a decode section's fields together, each written once.
+"""Rules that tie spec fields together, each written once.
 
-The spec check (`tandem_dsl/checks.py`, `decoding`) reports a broken rule at its field with a
-hint; the compiler (`compiler/decode/programs.py`, `loop_config`) raises the same message as
-an `IRInvariantError` for a decode built in Python. Each rule returns None when it holds,
-else what is wrong.
+The spec checks (`tandem_dsl/checks.py`) report a broken rule at its field, with a hint; the
+compiler holds IR built in Python to the same rule and raises its message as an
+`IRInvariantError` (`compiler/decode/programs.py` `loop_config`, `compiler/train/objective.py`
+`plan_stage`, `compiler/ir.py`). A rule returns None when it holds, else what is wrong.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+
+# --- decoding
 
 DRAFTING = ("speed", "adaptive", "standalone")  # the policies with a drafter
 MODEL_DRAFT_ONLY = ("speed", "adaptive")  # where draft_vocab and lookup apply
@@ -75,4 +79,30 @@ def lookup(policy: str, model_draft: bool, n: int) -> str | None:
 def adaptive_section(policy: str, has_adaptive: bool) -> str | None:
     if policy == "adaptive" and not has_adaptive:
         return "policy adaptive needs an `adaptive:` section"
+    return None
+
+
+# --- training stages
+
+
+def learnable(student: str, tandem_reads: Iterable[tuple[str, str, str | None]]) -> set[str]:
+    """The names a loss on `student` sends gradients to: the student and, when it is a Tandem
+    model, the large model and the projection it reads. tandem_reads: (query, memory,
+    projection) of every kind: tandem wiring. A distillation teacher is only a target."""
+    out = {student}
+    for query, memory, projection in tandem_reads:
+        if query == student:
+            out |= {memory} | ({projection} if projection else set())
+    return out
+
+
+# --- projections
+
+
+def identity_projection(name: str, kind: str, d_in: int, d_out: int) -> str | None:
+    """A projection that starts as the identity is a linear map between equal widths."""
+    if kind != "linear":
+        return f"projection '{name}' is {kind}: only a linear one starts as the identity"
+    if d_in != d_out:
+        return f"projection '{name}' maps {d_in} -> {d_out} dims: the identity needs equal widths"
     return None
