@@ -290,7 +290,9 @@ def trained_params(r: Run, require: bool = False) -> dict:
 def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[StageResult]:
     """Every train stage in order (the run-directory rules: `runtime.train`). One process at
     a time trains in a run directory (a lock held while it runs)."""
-    unfinished = any(checkpoint.finished(r.run_dir / s.name) is None for s in r.prog.train)
+    # only whether each stage has its final.json: a damaged one is reported, located, when
+    # its stage is reached (checkpoint.finished)
+    unfinished = any(not (r.run_dir / s.name / "final.json").exists() for s in r.prog.train)
     if unfinished:
         check_fits(r.prog, train=True, generated=r.spec.data.generated)
         ensure_writable(r.run_dir)
