@@ -417,7 +417,9 @@ def training(ctx: Context):
         obj = stage.objective
         if obj.model is not None:
             ctx.model_ref(obj.model, p + ("objective", "model"))
-        _learnable(ctx, stage, p, names)
+        # the model the loss is on (as the compiler resolves it)
+        student = obj.model or next((n for n in stage.trainable if n in ctx.spec.models), None)
+        _learnable(ctx, stage, student, p, names)
         for needed in OBJECTIVE_KINDS[obj.kind]:
             if getattr(obj, needed) is None:
                 ctx.error(
@@ -427,7 +429,6 @@ def training(ctx: Context):
                     f"add `{needed}: large`",
                 )
         if obj.teacher is not None and ctx.model_ref(obj.teacher, p + ("objective", "teacher")):
-            student = obj.model or next((n for n in stage.trainable if n in ctx.spec.models), None)
             if student in ctx.spec.models and _vocab(ctx, student) != _vocab(ctx, obj.teacher):
                 ctx.error(
                     "E-CHECK-VOCAB",
@@ -445,12 +446,9 @@ def training(ctx: Context):
             )
 
 
-def _learnable(ctx: Context, stage, p: tuple, names: set[str]) -> None:
+def _learnable(ctx: Context, stage, student: str | None, p: tuple, names: set[str]) -> None:
     """Every trainable entry gets a gradient from the loss: the objective's model and, for a
     Tandem model, the large model and projection it reads (a teacher is only a target)."""
-    student = stage.objective.model or next(
-        (n for n in stage.trainable if n in ctx.spec.models), None
-    )
     if student not in ctx.spec.models:
         return
     reads = [(w.query, w.memory, w.via) for w in ctx.spec.wiring if w.kind == "tandem"]
