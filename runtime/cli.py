@@ -99,10 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "md"], default="json")
     p.set_defaults(fn=cmd_schema)
 
-    from runtime import commands, pull
+    from runtime import commands, export, pull
 
     commands.register(sub)
     pull.register(sub)
+    export.register(sub)
     return parser
 
 

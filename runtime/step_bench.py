@@ -93,6 +93,7 @@ def twin_problem(cfg: DecoderIR) -> str | None:
     """Why the model has no hand-written twin (None when it has one)."""
     want = {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "dtype": "float32"}
     bad = [f"{k} {getattr(cfg, k)}" for k, v in want.items() if getattr(cfg, k) != v]
+    bad += [k for k in ("qkv_bias", "rope_scaling") if getattr(cfg, k)]  # the twin has neither
     return f"model {cfg.name!r} is not a float32 Llama ({', '.join(bad)})" if bad else None
 
 

@@ -1,4 +1,6 @@
-"""The pipeline in one place: load -> overrides -> validate -> resolve -> check.
+"""The pipeline in one place: load -> overrides -> weights -> validate -> resolve -> check.
+
+The weights stage fills in what a spec leaves to its weight files (`from_weights`).
 
 Each stage collects all of its errors and raises one `SpecError` for them.
 """
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from . import model
+from . import from_weights, model
 from .checks import run_checks
 from .diagnostics import Collector, Origin
 from .resolve import dataclass_of, field_type, resolve, to_spec
@@ -61,6 +63,9 @@ def _version(doc: Doc, errors: Collector) -> None:
 def finish(doc: Doc, overrides, stop_after: str | None = None) -> Loaded | Doc:
     errors = Collector("override")
     apply_overrides(doc, list(overrides), errors, schema_fields)
+    errors.raise_if_any()
+    errors = Collector("weights")
+    from_weights.fill(doc, errors)
     errors.raise_if_any()
     errors = Collector("validate")
     _version(doc, errors)

@@ -61,6 +61,9 @@ def markdown() -> str:
         "Generated from `tandem_dsl/model.py` by `tandemc schema --format md`; do not edit.",
         f"Spec language version: {model.SPEC_VERSION}. Integer fields also take expressions",
         '(`"4 * ${models.small.d_model}"`); `${a.b}` alone substitutes any value.',
+        'Fields marked "(or from the weights)" are read from the weight file of a model whose',
+        "`init.from` is `gguf` or `safetensors` when the spec leaves them out; a value stated",
+        "there must agree with the file.",
     ]
     for cls in _sections():
         out += [
@@ -84,6 +87,8 @@ def markdown() -> str:
             if bounds:
                 extra += f" ({bounds})"
             required = _default(f) if has_default(f) else "**required**"
+            if meta.get("from_weights"):
+                required += " (or from the weights)"
             out.append(
                 f"| `{yaml_name(f)}` | {_type_name(hints(cls)[f.name])} | {required} | "
                 f"{meta['doc']}{extra} |"

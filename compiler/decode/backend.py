@@ -96,6 +96,7 @@ def pack_decoder(p: dict, cfg: DecoderIR, head_rows: int = 0) -> dict:
         qkv = jnp.concatenate([a[w].reshape(cfg.d_model, -1) for w in ("wq", "wk", "wv")], 1)
         # wk, wv stay as they are for the Tandem memory write (projected M_L states)
         attn = {"wqkv": pack(qkv), "wk": a["wk"], "wv": a["wv"], "wo": pack(a["wo"], 2)}
+        attn |= {b: a[b] for b in ("bq", "bk", "bv") if b in a}  # added after the kernel
         if "w_gate" in m:
             mlp = {"w_gate_up": pack(jnp.concatenate([m["w_gate"], m["w_up"]], 1))}
         else:

@@ -1,7 +1,8 @@
 """Grouped-query attention pieces and the KV-cache write.
 
 Params of one layer's attention:
-  wq [D, H, E], wk [D, K, E], wv [D, K, E], wo [H, E, D]   (no biases)
+  wq [D, H, E], wk [D, K, E], wv [D, K, E], wo [H, E, D]
+  bq [H, E], bk [K, E], bv [K, E]                            (qkv_bias only)
 Letters: B batch, T query tokens, S key slots, D d_model, H query heads, K kv heads,
 G = H // K query heads per kv head, E head_dim.
 
@@ -29,28 +30,31 @@ NEG_INF = -1e30
 def init_attn(cfg: DecoderIR, out_scale: float) -> dict:
     dt = dtype_of(cfg)
     d, h, k, e = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    return {
+    p = {
         "wq": normal((d, h, e), d**-0.5, dt),
         "wk": normal((d, k, e), d**-0.5, dt),
         "wv": normal((d, k, e), d**-0.5, dt),
         "wo": normal((h, e, d), (h * e) ** -0.5 * out_scale, dt),
     }
+    if cfg.qkv_bias:
+        p |= {"bq": jnp.zeros((h, e), dt), "bk": jnp.zeros((k, e), dt), "bv": jnp.zeros((k, e), dt)}
+    return p
 
 
 def queries(params: dict, cfg: DecoderIR, h: jax.Array, positions: jax.Array) -> jax.Array:
     """Normed h [B, T, D], positions [B, T] -> q [B, T, H, E] (RoPE applied if pos == rope)."""
-    q = _project(h, params["wq"])
-    return rope(q, positions, cfg.rope_theta) if cfg.pos == "rope" else q
+    q = _project(h, params["wq"], params.get("bq"))
+    return rope(q, positions, cfg) if cfg.pos == "rope" else q
 
 
 def keys_values(
     params: dict, cfg: DecoderIR, h: jax.Array, positions: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """Normed h [B, T, D], positions [B, T] -> k, v [B, T, K, E] (RoPE on k if pos == rope)."""
-    k = _project(h, params["wk"])
-    v = _project(h, params["wv"])
+    k = _project(h, params["wk"], params.get("bk"))
+    v = _project(h, params["wv"], params.get("bv"))
     if cfg.pos == "rope":
-        k = rope(k, positions, cfg.rope_theta)
+        k = rope(k, positions, cfg)
     return k, v
 
 
@@ -62,11 +66,13 @@ def queries_keys_values(params: dict, cfg: DecoderIR, h: jax.Array, positions: j
     b, t, _ = h.shape
     nq, nk = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     y = dense(h, params["wqkv"])  # [B, T, nq + 2 nk]
+    if "bq" in params:
+        y = y + jnp.concatenate([params[n].reshape(-1) for n in ("bq", "bk", "bv")])
     q = y[..., :nq].reshape(b, t, cfg.n_heads, cfg.head_dim)
     k = y[..., nq : nq + nk].reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
     v = y[..., nq + nk :].reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
     if cfg.pos == "rope":
-        q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+        q, k = rope(q, positions, cfg), rope(k, positions, cfg)
     return q, k, v
 
 
@@ -124,10 +130,12 @@ def attn_out(params: dict, o: jax.Array) -> jax.Array:
     return dense(o.reshape(b * t, h * e), w).reshape(b, t, -1)
 
 
-def _project(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [B, T, D] @ w [D, H, E] -> [B, T, H, E] as one 2-D matmul (XLA CPU's fast path)."""
+def _project(x: jax.Array, w: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """x [B, T, D] @ w [D, H, E] (+ bias [H, E]) -> [B, T, H, E] as one 2-D matmul (XLA CPU's
+    fast path)."""
     b, t, d = x.shape
-    return (x.reshape(b * t, d) @ w.reshape(d, -1)).reshape(b, t, *w.shape[1:])
+    y = (x.reshape(b * t, d) @ w.reshape(d, -1)).reshape(b, t, *w.shape[1:])
+    return y if bias is None else y + bias
 
 
 # ----------------------------------------------------------------------------- masks

@@ -3,7 +3,7 @@
 Params (stable names, e.g. params["layers_3"]["attn"]["wq"]):
 
   embed:      tokens [V, D], positions [max_len, D] (learned positions only)
-  layers_<l>: attn_norm {scale[, bias]}, attn {wq, wk, wv, wo}, mlp_norm {...},
+  layers_<l>: attn_norm {scale[, bias]}, attn {wq, wk, wv, wo[, bq, bk, bv]}, mlp_norm {...},
               mlp {w_gate, w_up, w_down} (swiglu) | {w_up, w_down} (gelu)
   final_norm: {scale[, bias]}
   lm_head:    w [D, V] (untied only; tied models use embed.tokens)

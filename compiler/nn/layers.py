@@ -128,14 +128,14 @@ def mlp(params: dict, cfg: DecoderIR, x: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- RoPE
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, "rotate half" convention (as HF Llama).
+def rope(x: jax.Array, positions: jax.Array, cfg: DecoderIR) -> jax.Array:
+    """Rotary embedding, "rotate half" convention (as HF Llama), at the model's frequencies
+    (`DecoderIR.rope_frequencies`: rope_theta and rope_scaling).
 
     x [B, T, N, E] (any head count N), positions [B, T] int -> [B, T, N, E].
     """
-    e = x.shape[-1]
-    half = e // 2
-    inv_freq = theta ** (-jnp.arange(0, half, dtype=jnp.float32) * 2.0 / e)  # [E/2]
+    half = x.shape[-1] // 2
+    inv_freq = jnp.asarray(cfg.rope_frequencies, jnp.float32)  # [E/2]
     angles = positions.astype(jnp.float32)[:, :, None] * inv_freq  # [B, T, E/2]
     cos = jnp.cos(angles)[:, :, None, :]  # [B, T, 1, E/2]
     sin = jnp.sin(angles)[:, :, None, :]

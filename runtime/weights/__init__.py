@@ -9,6 +9,9 @@
 `kind` is "gguf" (a .gguf file) or "safetensors" (a directory with config.json and
 *.safetensors). Every error about the files or their agreement with the spec is a
 ValueError with a one-paragraph message naming the file (and both values on a mismatch).
+
+`export_weights` writes our param tree back out, as a Hugging Face folder ("hf") or a GGUF
+file ("gguf"), which the functions above read back.
 """
 
 from __future__ import annotations
@@ -19,10 +22,18 @@ from compiler.ir import DecoderIR
 
 from . import gguf_io, hf_io
 from .catalog import hint_for
-from .layout import check_architecture, to_params
+from .layout import check_architecture, ir_fields, llama_problems, to_params
 
 KINDS = ("gguf", "safetensors")
-__all__ = ["KINDS", "load_tokenizer", "load_weights", "read_architecture"]
+EXPORT_FORMATS = ("hf", "gguf")
+__all__ = [
+    "EXPORT_FORMATS",
+    "KINDS",
+    "export_weights",
+    "load_tokenizer",
+    "load_weights",
+    "read_architecture",
+]
 
 
 def _module(kind: str):
@@ -50,10 +61,10 @@ def _call(kind: str, path, fn):
 
 
 def read_architecture(kind: str, path: str | Path) -> dict:
-    """The model's shape from the file's metadata: a dict with DecoderIR field names
-    (vocab, d_model, n_layers, n_heads, n_kv_heads, d_ff, max_len, norm, norm_eps, mlp, pos,
-    rope_theta, tie_embeddings)."""
-    return _call(kind, path, _module(kind).read_architecture)
+    """The model's shape from the file's header: DecoderIR's keyword arguments but the name
+    (vocab, d_model, n_layers, n_heads, n_kv_heads, head_dim, d_ff, max_len, norm, norm_eps,
+    mlp, pos, rope_theta, rope_scaling, qkv_bias, tie_embeddings)."""
+    return _call(kind, path, lambda p: ir_fields(_module(kind).read_architecture(p)))
 
 
 def load_weights(kind: str, path: str | Path, cfg: DecoderIR) -> dict:
@@ -78,3 +89,30 @@ def load_tokenizer(kind: str, path: str | Path):
     if kind in ("safetensors", "hf-json"):
         return _call(kind, path, hf_tokenizer)
     raise ValueError(f"unknown tokenizer source {kind!r}; choose gguf, safetensors or hf-json")
+
+
+def export_weights(fmt: str, path: str | Path, cfg: DecoderIR, params: dict, tokenizer=None):
+    """Writes model `cfg`'s params (our tree) as `fmt`: "hf" (the folder `path`) or "gguf" (the
+    file `path`), with `tokenizer` (a run's tokenizer, or None). Returns (the files written,
+    what was written for the tokenizer). ValueError when the model is not a Llama decoder."""
+    from .tokenizer_export import for_export
+
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose {' or '.join(EXPORT_FORMATS)}")
+    problems = llama_problems(cfg)
+    if problems:
+        raise ValueError(
+            f"model '{cfg.name}' is not a Llama decoder ({'; '.join(problems)}); both export "
+            "formats hold Llama models only"
+        )
+    path = Path(path).expanduser()
+    tok = None if tokenizer is None else for_export(tokenizer)
+    if fmt == "hf":
+        from .hf_export import write_hf
+
+        files = write_hf(path, cfg, params, tok)
+        about = "none" if tok is None else f"{tok.about} (tokenizer.json, tokenizer_config.json)"
+        return [str(path / f) for f in files], about
+    from .gguf_export import write_gguf
+
+    return [str(path)], write_gguf(path, cfg, params, tok, cfg.name)

@@ -1,14 +1,15 @@
-"""GGUF files (llama.cpp's format), read with the `gguf` package.
+"""GGUF files (llama.cpp's format) of the llama and qwen2 architectures, read with the `gguf`
+package (the architecture from the header alone: `tandem_dsl.pretrained`).
 
 Tensors are dequantized to float32 numpy arrays with `gguf.quants.dequantize`, which covers
 F32, F16, BF16, Q8_0, Q4_0, Q4_1 and the k-quants, and renamed to the canonical Hugging Face
 Llama names (`layers.3.self_attn.q_proj.weight`, [out, in] layout) that `layout.to_params`
 maps to our parameter tree.
 
-llama.cpp's converter permutes the rows of the Q and K projections so that GGML's
-interleaved RoPE (pairs 2i, 2i+1) gives the same result as Hugging Face's "rotate half"
+For llama files, llama.cpp's converter permutes the rows of the Q and K projections so that
+GGML's interleaved RoPE (pairs 2i, 2i+1) gives the same result as Hugging Face's "rotate half"
 RoPE (pairs i, i + E/2). Our RoPE is rotate-half (`compiler.nn.layers.rope`), so those rows
-are permuted back here (`unpermute_qk`).
+are permuted back here (`unpermute_qk`). qwen2 files use rotate-half RoPE and keep HF's rows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import optional
+from tandem_dsl.pretrained import ROPE_FREQS, Architecture, architecture
 
 GGUF_MAGIC = b"GGUF"
 
@@ -32,12 +34,16 @@ GGUF_TO_HF = {
     "blk.{i}.attn_q.weight": "layers.{i}.self_attn.q_proj.weight",
     "blk.{i}.attn_k.weight": "layers.{i}.self_attn.k_proj.weight",
     "blk.{i}.attn_v.weight": "layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_q.bias": "layers.{i}.self_attn.q_proj.bias",
+    "blk.{i}.attn_k.bias": "layers.{i}.self_attn.k_proj.bias",
+    "blk.{i}.attn_v.bias": "layers.{i}.self_attn.v_proj.bias",
     "blk.{i}.attn_output.weight": "layers.{i}.self_attn.o_proj.weight",
     "blk.{i}.ffn_norm.weight": "layers.{i}.post_attention_layernorm.weight",
     "blk.{i}.ffn_gate.weight": "layers.{i}.mlp.gate_proj.weight",
     "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
     "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
 }
+HF_TO_GGUF = {hf: ggml for ggml, hf in GGUF_TO_HF.items()}
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
@@ -78,58 +84,9 @@ def field(reader, key: str, default=None):
     return default if f is None else f.contents()
 
 
-def _require(reader, key: str, path):
-    value = field(reader, key)
-    if value is None:
-        raise ValueError(f"{path}: GGUF metadata has no {key!r}; the file is not a llama model")
-    return value
-
-
-def read_architecture(path: str | Path) -> dict:
-    """The model's shape from GGUF metadata, with DecoderIR's field names."""
-    r = open_gguf(path)
-    arch = field(r, "general.architecture")
-    if arch != "llama":
-        raise ValueError(
-            f"{path}: architecture {arch!r} is not supported; only 'llama' GGUF files "
-            "(Llama, SmolLM, Mistral-style decoders without biases) can be imported"
-        )
-    scaling = field(r, "llama.rope.scaling.type", "none")
-    if scaling not in ("none", None) or "rope_freqs.weight" in _tensors(r):
-        raise ValueError(f"{path}: RoPE scaling ({scaling}) is not supported")
-    d_model = int(_require(r, "llama.embedding_length", path))
-    n_heads = int(_require(r, "llama.attention.head_count", path))
-    head_dim = d_model // n_heads
-    for key in ("llama.rope.dimension_count", "llama.attention.key_length"):
-        value = field(r, key)
-        if value is not None and int(value) != head_dim:
-            raise ValueError(
-                f"{path}: {key} is {value}, but d_model / n_heads is {head_dim}; partial "
-                "rotary or a separate head width is not supported"
-            )
-    tensors = _tensors(r)
-    vocab = field(r, "llama.vocab_size")
-    if vocab is None:
-        vocab = int(tensors["token_embd.weight"].shape[1])
-    return {
-        "vocab": int(vocab),
-        "d_model": d_model,
-        "n_layers": int(_require(r, "llama.block_count", path)),
-        "n_heads": n_heads,
-        "n_kv_heads": int(field(r, "llama.attention.head_count_kv", n_heads)),
-        "d_ff": int(_require(r, "llama.feed_forward_length", path)),
-        "max_len": int(field(r, "llama.context_length", 2048)),
-        "norm": "rmsnorm",
-        "norm_eps": float(field(r, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        "mlp": "swiglu",
-        "pos": "rope",
-        "rope_theta": float(field(r, "llama.rope.freq_base", 10000.0)),
-        "tie_embeddings": "output.weight" not in tensors,
-    }
-
-
-def _tensors(reader) -> dict:
-    return {t.name: t for t in reader.tensors}
+def read_architecture(path: str | Path) -> Architecture:
+    """The model's shape from GGUF metadata (`tandem_dsl.pretrained` reads the header)."""
+    return architecture("gguf", path)
 
 
 def canonical_name(name: str) -> str | None:
@@ -138,6 +95,13 @@ def canonical_name(name: str) -> str | None:
     key, layer = (f"blk.{{i}}.{m.group(2)}", m.group(1)) if m else (name, None)
     hf = GGUF_TO_HF.get(key)
     return None if hf is None else hf.format(i=layer)
+
+
+def ggml_name(canonical: str) -> str:
+    """HF name -> ggml name: `canonical_name` backwards, from the same table."""
+    m = re.match(r"^layers\.(\d+)\.(.+)$", canonical)
+    key, layer = (f"layers.{{i}}.{m.group(2)}", m.group(1)) if m else (canonical, None)
+    return HF_TO_GGUF[key].format(i=layer)
 
 
 def dequantize(tensor) -> np.ndarray:
@@ -154,6 +118,18 @@ def dequantize(tensor) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def rope_heads(name: str, n_heads: int, n_kv_heads: int, family: str = "llama") -> int | None:
+    """The head count of tensor `name` (HF name) if llama.cpp permutes its rows (Q and K, and
+    their biases: what RoPE rotates, in a llama file; qwen2 files keep HF's order), else None."""
+    if family != "llama":
+        return None
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return n_heads
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return n_kv_heads
+    return None
+
+
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of llama.cpp `convert_hf_to_gguf.LlamaModel.permute`: GGML interleaved-pair
     rows back to rotate-half rows. w [n_head * head_dim, in]."""
@@ -161,16 +137,26 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Rotate-half rows -> GGML interleaved-pair rows, as llama.cpp's converter writes them:
+    `unpermute_qk` backwards. w [n_head * head_dim, in]."""
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def read_tensors(path: str | Path, n_heads: int, n_kv_heads: int):
     """Yields (canonical name, float32 [out, in] array) for every tensor of the file.
 
-    Unknown tensors are yielded under their ggml name so the caller can reject them.
+    Unknown tensors are yielded under their ggml name so the caller can reject them. The
+    llama3 RoPE divisors (`rope_freqs.weight`) are the architecture's `rope_scaling`, not a
+    parameter.
     """
-    for t in open_gguf(path).tensors:
+    reader = open_gguf(path)
+    family = field(reader, "general.architecture")
+    for t in reader.tensors:
+        if t.name == ROPE_FREQS:
+            continue
         name = canonical_name(t.name) or t.name
         w = dequantize(t)
-        if name.endswith("q_proj.weight"):
-            w = unpermute_qk(w, n_heads)
-        elif name.endswith("k_proj.weight"):
-            w = unpermute_qk(w, n_kv_heads)
-        yield name, w
+        heads = rope_heads(name, n_heads, n_kv_heads, family)
+        yield name, w if heads is None else unpermute_qk(w, heads)

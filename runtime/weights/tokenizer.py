@@ -17,7 +17,8 @@ from runtime.tokenizer import EOS_CANDIDATES, HFJsonTokenizer
 from .gguf_io import field, open_gguf
 
 # llama.cpp token types (gguf.TokenType)
-CONTROL, USER_DEFINED = 3, 4
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+PRE_TOKENIZERS = ("gpt-2", "smollm")  # the llama.cpp pre-tokenizers `pre_tokenizer` knows
 
 
 class ImportedTokenizer(HFJsonTokenizer):
@@ -44,7 +45,7 @@ class ImportedTokenizer(HFJsonTokenizer):
         )
 
 
-def _pre_tokenizer(pre: str, path):
+def pre_tokenizer(pre: str, path):
     """llama.cpp's pre-tokenizer names -> the `tokenizers` equivalent (tested ones only).
     A file without `tokenizer.ggml.pre` gets llama.cpp's "default" splitting, which has no
     exact `tokenizers` equivalent here, so it is refused rather than approximated."""
@@ -78,7 +79,7 @@ def gguf_tokenizer(path: str | Path) -> ImportedTokenizer:
     tok = Tokenizer(
         models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False)
     )
-    tok.pre_tokenizer = _pre_tokenizer(field(r, "tokenizer.ggml.pre", "default"), path)
+    tok.pre_tokenizer = pre_tokenizer(field(r, "tokenizer.ggml.pre", "default"), path)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.add_special_tokens(

@@ -10,7 +10,7 @@ import pytest
 from tiny_ir import large_cfg, program, small_cfg, tandem_wiring
 
 from compiler.errors import IRInvariantError
-from compiler.ir import ProjectionIR, WiringIR
+from compiler.ir import ProjectionIR, RopeScalingIR, WiringIR
 from compiler.nn import (
     decoder_block,
     init_cache,
@@ -37,6 +37,8 @@ DECODERS = {
         norm="layernorm", mlp="gelu", pos="learned", tie_embeddings=True, dtype="bfloat16"
     ),
     "mqa-odd-ff": large_cfg(n_kv_heads=1, d_ff=50, n_layers=1),
+    "qwen2-qkv-bias-tied": large_cfg(qkv_bias=True, tie_embeddings=True),
+    "wide-heads": large_cfg(head_dim=20, n_heads=6, n_kv_heads=3),  # 6 x 20 != d_model 48
 }
 
 
@@ -143,7 +145,7 @@ def test_flops_formula_and_compiled_cost():
 
 
 def test_logical_axes_cover_every_param_and_cache():
-    large, small = large_cfg(), small_cfg(pos="learned", norm="layernorm")
+    large, small = large_cfg(qkv_bias=True), small_cfg(pos="learned", norm="layernorm")
     wiring = tandem_wiring(small, large, (2, 3), kind="mlp", bias=True, hidden=16)
     prog = program([large, small], [wiring])
     params = jax.eval_shape(lambda k: init_params(prog, k), KEY)
@@ -154,6 +156,7 @@ def test_logical_axes_cover_every_param_and_cache():
     for a, x in zip(axes_leaves, leaves, strict=True):
         assert len(a) == x.ndim
     assert axes["large"]["layers_1"]["attn"]["wk"] == ("embed", "kv_heads", "head_dim")
+    assert axes["large"]["layers_1"]["attn"]["bq"] == ("heads", "head_dim")
     assert axes["l2s"]["layers_0"]["w_in"] == (None, "mlp")
     cache_axes = logical_axes(init_cache(large, 1, 4))
     assert cache_axes[0]["k"] == ("batch", "length", "kv_heads", "head_dim")
@@ -165,3 +168,6 @@ def test_a_decoder_ir_refuses_what_the_model_code_cannot_run():
         small_cfg(norm="batchnorm")
     with pytest.raises(IRInvariantError, match="divide"):
         small_cfg(n_heads=3)
+    assert small_cfg(n_heads=3, n_kv_heads=3, head_dim=8).head_dim == 8  # need not divide d
+    with pytest.raises(IRInvariantError, match="rope_scaling"):
+        small_cfg(pos="learned", rope_scaling=RopeScalingIR(factor=8.0))

@@ -28,6 +28,9 @@ tokenizer: {kind: byte}
 models:
   large: {d_model: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, d_ff: 128, vocab: 256,
           norm: rmsnorm, norm_eps: 1.0e-5, mlp: swiglu, pos: rope, rope_theta: 10000.0,
+          head_dim: null, qkv_bias: false,
+          rope_scaling: {rope_type: llama3, factor: 8.0, low_freq_factor: 1.0,
+                         high_freq_factor: 4.0, original_max_position_embeddings: 64},
           tie_embeddings: false, trainable: true, dtype: float32, type: decoder,
           init: {from: random, seed: 0}}
   small: {d_model: 32, n_layers: 2, n_heads: 2, init: {from: random, embed_from: large}}

@@ -49,3 +49,27 @@ def files(tmp_path_factory, tok, models):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def family_files(tmp_path_factory, tok):
+    """Lazily built models of llama_fixtures.FAMILIES and their files: (family, format, tied)
+    -> (the transformers model, the .gguf file or safetensors folder)."""
+    root = tmp_path_factory.mktemp("families")
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    models, paths = {}, {}
+
+    def get(family: str, fmt: str, tied: bool = False):
+        if (family, tied) not in models:
+            models[family, tied] = lf.hf_model(vocab, tied, seed=2 + int(tied), family=family)
+        model = models[family, tied]
+        if (family, fmt, tied) not in paths:
+            name = f"{family}-{'tied' if tied else 'untied'}"
+            paths[family, fmt, tied] = (
+                lf.save_gguf(model, tok, root / f"{name}.gguf")
+                if fmt == "gguf"
+                else lf.save_hf(model, tok, root / name)
+            )
+        return model, paths[family, fmt, tied]
+
+    return get

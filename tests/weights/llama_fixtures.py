@@ -1,6 +1,7 @@
-"""Small random Llama models built with `transformers` (no hub), saved as safetensors and
-as GGUF (written with `gguf.GGUFWriter` the way llama.cpp's converter does: Q/K rows
-permuted, norms in F32), and independent numpy decoders of the GGUF block formats used to
+"""Small random models built with `transformers` (no hub): Llama, and the families of
+`FAMILIES` (Llama 3 RoPE scaling, Qwen2 biases, a separate head width); saved as safetensors
+and as GGUF (written with `gguf.GGUFWriter` the way llama.cpp's converter does: a llama file's
+Q/K rows permuted, norms in F32), and independent numpy decoders of the GGUF block formats used to
 build the quantized reference models.
 """
 
@@ -51,13 +52,31 @@ def train_tokenizer():
     return tok
 
 
-def hf_model(vocab: int, tied: bool, seed: int = 0):
-    """A random LlamaForCausalLM, float32, with every weight (norms too) randomized."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+# Families beyond Llama 2: (transformers config class, model class, config changes).
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    # theta 10000 puts two of the 8 frequencies between llama3's bands, one above, five below
+    "llama3": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"rope_theta": 10000.0, "rope_scaling": LLAMA3_ROPE},
+    ),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "head_dim": ("LlamaConfig", "LlamaForCausalLM", {"head_dim": 32}),  # 4 x 32 != D = 64
+}
 
+
+def hf_model(vocab: int, tied: bool, seed: int = 0, family: str = "llama"):
+    """A random model of `family` (FAMILIES), float32, with every weight (norms and biases
+    too) randomized."""
+    import torch
+    import transformers
+
+    config_class, model_class, changes = FAMILIES[family]
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=vocab,
         hidden_size=D,
         intermediate_size=FF,
@@ -71,14 +90,32 @@ def hf_model(vocab: int, tied: bool, seed: int = 0):
         bos_token_id=1,
         eos_token_id=2,
     )
-    model = LlamaForCausalLM(config).float().eval()
+    config = getattr(transformers, config_class)(**(settings | changes))
+    model = getattr(transformers, model_class)(config).float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.5 * torch.randn_like(p))
             else:  # larger than HF's 0.02 init, so logits spread over several units
                 p.copy_(torch.randn_like(p) * (0.5 if "embed" in name else p.shape[-1] ** -0.5))
     return model
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def rope_divisors(model) -> np.ndarray | None:
+    """What llama.cpp stores as `rope_freqs.weight` for a llama3-scaled model: the unscaled
+    RoPE frequencies over the model's own (transformers') scaled ones."""
+    scaling = model.config.rope_parameters.get("rope_type", "default")
+    if scaling == "default":
+        return None
+    e, theta = head_dim(model.config), model.config.rope_parameters["rope_theta"]
+    base = 1.0 / theta ** (np.arange(0, e, 2, dtype=np.float64) / e)
+    return (base / model.model.rotary_emb.inv_freq.double().numpy()).astype(np.float32)
 
 
 def save_hf(model, tok, folder: Path, dtype=None) -> Path:
@@ -100,32 +137,38 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_name(hf_name: str) -> str:
-    name = hf_name.removeprefix("model.").removesuffix(".weight")
+    name = hf_name.removeprefix("model.")
+    name, kind = name.rsplit(".", 1)  # weight | bias
     if name.startswith("layers."):
         _, layer, rest = name.split(".", 2)
-        return f"blk.{layer}.{GGUF_NAMES[rest]}.weight"
-    return GGUF_NAMES[name] + ".weight"
+        return f"blk.{layer}.{GGUF_NAMES[rest]}.{kind}"
+    return f"{GGUF_NAMES[name]}.{kind}"
 
 
 def save_gguf(model, tok, path: Path, qtype_name: str = "F32", extra: dict | None = None) -> Path:
-    """Write `model` as a llama GGUF: matrices in `qtype_name`, norms F32, Q/K permuted;
-    `extra`: more tensors by ggml name, written as given."""
+    """Write `model` as llama.cpp's converter does: a llama GGUF (Q/K rows and biases permuted,
+    llama3 RoPE divisors as rope_freqs.weight) or a qwen2 one (rows as in HF); matrices in
+    `qtype_name`, norms and biases F32; `extra`: more tensors by ggml name, written as given."""
     import gguf
 
     qtype = gguf.GGMLQuantizationType[qtype_name]
     cfg = model.config
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny-llama")
+    arch = "qwen2" if cfg.model_type == "qwen2" else "llama"
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny-" + arch)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    w.add_rope_freq_base(THETA)
+    w.add_key_length(head_dim(cfg))
+    w.add_value_length(head_dim(cfg))
+    w.add_rope_dimension_count(head_dim(cfg))
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
+    if arch == "llama":
+        w.add_vocab_size(cfg.vocab_size)  # qwen2 files leave it to token_embd
     vocab = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
     tokens = [t for t, _ in vocab]
     merges = json.loads(tok.to_str())["model"]["merges"]
@@ -141,11 +184,14 @@ def save_gguf(model, tok, path: Path, qtype_name: str = "F32", extra: dict | Non
     tensors = dict(model.state_dict())
     if cfg.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
+    divisors = rope_divisors(model)
+    if divisors is not None:
+        w.add_tensor("rope_freqs.weight", divisors)
     for name, t in tensors.items():
         a = t.detach().float().numpy() if hasattr(t, "detach") else np.asarray(t, np.float32)
-        if "q_proj" in name:
+        if arch == "llama" and "q_proj" in name:
             a = permute(a, cfg.num_attention_heads)
-        elif "k_proj" in name:
+        elif arch == "llama" and "k_proj" in name:
             a = permute(a, cfg.num_key_value_heads)
         if a.ndim == 2 and qtype_name != "F32":
             w.add_tensor(gguf_name(name), gguf.quants.quantize(a, qtype), raw_dtype=qtype)

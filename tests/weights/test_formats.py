@@ -124,10 +124,11 @@ def test_missing_and_corrupt_files(files, tmp_path):
 
 
 def test_unsupported_extras_are_rejected(tmp_path, tok, models, files):
-    """A bias tensor would be silently dropped: it is an error instead."""
-    extra = {"blk.0.attn_q.bias": np.ones(lf.D, np.float32)}
+    """A bias tensor would be silently dropped: it is an error instead (q/k/v biases are
+    Qwen2's; no family has an output-projection bias)."""
+    extra = {"blk.0.attn_output.bias": np.ones(lf.D, np.float32)}
     path = lf.save_gguf(models[False], tok, tmp_path / "bias.gguf", "F32", extra)
-    with pytest.raises(ValueError, match="'blk.0.attn_q.bias' has no place"):
+    with pytest.raises(ValueError, match="'blk.0.attn_output.bias' has no place"):
         weights.load_weights("gguf", path, cfg_of("gguf", path))
     folder = tmp_path / "scaled"
     shutil.copytree(files("safetensors", "F32", False), folder)
@@ -145,3 +146,57 @@ def test_unsupported_tokenizer_metadata_is_refused(tmp_path, models, tok, monkey
     path = lf.save_gguf(models[False], tok, tmp_path / "nopre.gguf")
     with pytest.raises(ValueError, match="pre-tokenizer 'default' is not supported"):
         weights.load_tokenizer("gguf", path)
+
+
+@pytest.mark.parametrize("family", ["llama", "llama3", "qwen2"])
+def test_the_header_reader_agrees_with_gguf(family_files, family):
+    """`tandemc check`'s own GGUF header reader sees what the `gguf` package sees: every
+    metadata value (long arrays as their length) and every tensor's dims and data offset."""
+    from tandem_dsl import gguf_header
+
+    _, path = family_files(family, "gguf")
+    ours = gguf_header.read_header(path)
+    reader = gguf_io.open_gguf(path)
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        value = f.contents()
+        if isinstance(value, list) and len(value) > gguf_header.KEPT_ITEMS:
+            value = gguf_header.ArrayLength(len(value))
+        assert ours.metadata[key] == pytest.approx(value), key
+    assert set(ours.metadata) == {k for k in reader.fields if not k.startswith("GGUF.")}
+    assert {
+        t.name: (tuple(int(d) for d in t.shape), int(t.data_offset)) for t in reader.tensors
+    } == {name: (info.dims, info.offset) for name, info in ours.tensors.items()}
+
+
+@pytest.mark.parametrize(
+    "head_dim,theta,scaling",
+    [(16, 10000.0, (4.0, 1.0, 4.0, 64)), (32, 10000.0, (2.0, 2.0, 6.0, 256)),
+     (128, 500000.0, (8.0, 1.0, 4.0, 8192))],
+)  # fmt: skip
+def test_llama3_frequencies_are_transformers(head_dim, theta, scaling):
+    """Our llama3 rule gives transformers' frequencies, and a GGUF file's divisors (float32)
+    give back a scaling with the same frequencies."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from tandem_dsl import rope_scaling
+
+    names = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    ours = dict(zip(names, scaling, strict=True), rope_type="llama3")
+    config = LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim,
+                         max_position_embeddings=2 * scaling[3], rope_scaling=dict(ours),
+                         rope_theta=theta)  # fmt: skip
+    theirs = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")[0].double().numpy()
+    freqs = rope_scaling.frequencies(head_dim, theta, ours)
+    np.testing.assert_allclose(freqs, theirs, rtol=1e-6)
+    base = rope_scaling.base_frequencies(head_dim, theta)
+    divisors = np.float32(np.array(base) / theirs).tolist()
+    back = rope_scaling.llama3_from_divisors(divisors, head_dim, theta)
+    assert back is not None and rope_scaling.same_frequencies(
+        rope_scaling.frequencies(head_dim, theta, back), freqs
+    )
+    assert (
+        rope_scaling.llama3_from_divisors([1.0] + divisors[1:-1] + [1.0], head_dim, theta) is None
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import llama_fixtures as lf
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from runtime import run, weights
 from runtime.errors import UserError
+from tandem_dsl.diagnostics import SpecError
 
 
 def write_spec(tmp_path, fmt: str, path, d_model: int = lf.D) -> str:
@@ -42,8 +45,22 @@ def test_initial_params_load_the_file(tmp_path, files, fmt):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_contradicting_spec_is_a_user_error(tmp_path, files):
+def test_a_contradicting_spec_is_an_error_at_the_field(tmp_path, files):
     path = files("gguf", "F32", False)
-    r = run.open_run(write_spec(tmp_path, "gguf", path, d_model=128), run_dir=tmp_path / "run")
-    with pytest.raises(UserError, match="d_model: spec says 128, weights have 64"):
+    with pytest.raises(SpecError) as e:
+        run.open_run(write_spec(tmp_path, "gguf", path, d_model=128), run_dir=tmp_path / "run")
+    (d,) = e.value.diagnostics  # head_dim (null: d_model / n_heads) follows d_model
+    assert d.code == "E-CHECK-WEIGHTS" and d.path == "models.large.d_model"
+    assert "d_model is 128, but the weights" in d.message and "have 64" in d.message
+    assert (d.origin.line, d.origin.col) == (5, 20)
+
+
+def test_the_runtime_guard_names_both_values(tmp_path, files):
+    """IR built in Python (not a checked spec) is checked when the weights load."""
+    path = files("gguf", "F32", False)
+    r = run.open_run(write_spec(tmp_path, "gguf", path), run_dir=tmp_path / "run")
+    r.prog = dataclasses.replace(
+        r.prog, models=(dataclasses.replace(r.prog.model("large"), d_ff=64),)
+    )
+    with pytest.raises(UserError, match="d_ff: spec says 64, weights have 160"):
         run.initial_params(r)
