@@ -241,6 +241,11 @@ class Sharder:
         axes = ("batch", "length")[: len(shape)]
         return self.named(self.spec(axes, shape, "batch"))
 
+    def rows(self, shape: tuple[int, ...]) -> NamedSharding:
+        """Any per-example array [B, ...] of a batch: its rows over data, like the tokens."""
+        first = tuple(self.tokens(shape[:1]).spec)[:1] or (None,)
+        return self.named(P(*first, *(None,) * (len(shape) - 1)))
+
     def train_state(self, prog: ProgramIR, stage: TrainStageIR, state: dict) -> dict:
         """`compiler.train.init_train_state`'s dict: params and frozen by the rules, optimizer
         state leaves like the parameter they mirror, counters replicated."""
@@ -276,11 +281,35 @@ class Sharder:
 
     def put(self, tree, shardings):
         """Host or single-device arrays -> global arrays with `shardings` (every process holds
-        the same full values, as with a shared seed or checkpoint)."""
+        the same full values, as with a shared seed or checkpoint). An array spread over
+        several processes (a previous stage's result) is copied onto its new sharding."""
+
+        def one(x, s):
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:
+                return jax.device_put(x, s, may_alias=False)
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+        return jax.tree.map(one, tree, shardings)
+
+    def local_batch_rows(self, batch: int) -> np.ndarray:
+        """The rows of a global batch of `batch` rows (split over data like the tokens) that
+        this process's devices hold, ascending: the part its data loader supplies. All of
+        them with one process."""
+        held: set[int] = set()
+        for index in self.tokens((batch,)).addressable_devices_indices_map((batch,)).values():
+            held.update(range(batch)[index[0]])
+        return np.array(sorted(held), np.int64)
+
+    @staticmethod
+    def put_batch(tree, shardings, batch: int):
+        """A batch's host arrays -> global arrays of `batch` rows. Each leaf holds either this
+        process's rows (`local_batch_rows`, the other processes supply the rest) or every row
+        (the same on every process)."""
 
         def one(x, s):
             x = np.asarray(x)
-            return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+            return jax.make_array_from_process_local_data(s, x, (batch, *x.shape[1:]))
 
         return jax.tree.map(one, tree, shardings)
 

@@ -78,12 +78,24 @@ class SpecData:
         return zlib.crc32(f"{self.seed}/{stage_seed}".encode())
 
     def train(
-        self, seq_len: int, batch: int, seed: int, position: dict | None, field: tuple = ()
+        self,
+        seq_len: int,
+        batch: int,
+        seed: int,
+        position: dict | None,
+        field: tuple = (),
+        rows: np.ndarray | None = None,
     ) -> _Resumable:
+        """Training batches from `position` (None: the start); `rows`: only these rows of
+        each batch (this process's share, `runtime.data.TokenStream`)."""
         n_gen = round(self.share * batch)
         sizes = {"generated": n_gen, "corpus": batch - n_gen}
         docs = {"generated": self.generated, "corpus": self.train_docs}
         parts = [name for name, n in sizes.items() if n > 0]
+        local = {name: None for name in parts}
+        if rows is not None:  # a batch is its generated rows, then its corpus rows
+            rows = np.asarray(rows)
+            local = {"generated": rows[rows < n_gen], "corpus": rows[rows >= n_gen] - n_gen}
         try:
             streams = {
                 name: TokenStream(
@@ -93,6 +105,7 @@ class SpecData:
                     batch=sizes[name],
                     seed=self._seed(seed),
                     state=position if parts == ["corpus"] else (position or {}).get(name),
+                    rows=local[name],
                 )  # fmt: skip
                 for name in parts
             }

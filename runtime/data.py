@@ -18,6 +18,12 @@ window starts (epoch, index into that epoch's permutation, token offset in that 
 many of its batches were served, and a checksum of the settings and document list. Passing it
 back as `state=` rebuilds that window and continues with exactly the batches an uninterrupted
 run would have produced. Numpy only.
+
+With several processes (multi-host), each one passes `rows`: the rows of every batch that its
+devices hold (`compiler.sharding.Sharder.local_batch_rows`). Every process reads the same
+stream (the packing is sequential, so a window is tokenized whole) and keeps only those rows;
+the state does not depend on `rows`, so the global batch, and resuming it, are the same
+whatever the process count.
 """
 
 from __future__ import annotations
@@ -162,7 +168,9 @@ class TokenStream:
 
     `loop=True` (training) runs forever over epochs; `loop=False` (validation) makes one pass
     over epoch 0 and drops the last partial batch. `max_batches` stops after that many batches.
-    Memory: one shuffle window, `window * batch * (seq_len + 1)` int32, plus one document.
+    `rows`: serve only these rows of each batch (indices into it, in order; None: all).
+    Memory: one shuffle window of the rows served, `window * len(rows) * (seq_len + 1)` int32
+    (the whole window while it is cut into rows), plus one document.
     """
 
     def __init__(
@@ -177,6 +185,7 @@ class TokenStream:
         window: int = 64,
         max_batches: int | None = None,
         state: dict | None = None,
+        rows: Sequence[int] | None = None,
     ):
         if not docs:
             raise ValueError("no documents to make batches from")
@@ -187,6 +196,13 @@ class TokenStream:
         self.docs, self.tokenizer = list(docs), tokenizer
         self.seq_len, self.batch, self.seed = seq_len, batch, seed
         self.loop, self.window, self.max_batches = loop, window, max_batches
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        if self.rows is not None and (
+            np.any(np.diff(self.rows) <= 0) or self.rows.min(initial=0) < 0
+            or self.rows.max(initial=0) >= batch
+        ):  # fmt: skip
+            raise ValueError(f"rows must be ascending indices into a batch of {batch}")
+        self._rows_per_batch = batch if self.rows is None else len(self.rows)
         eos = getattr(tokenizer, "eos_id", -1)
         self._sep = np.array([eos], np.int32) if eos >= 0 else _encode(tokenizer, b"\n\n")
         setting = (
@@ -233,12 +249,12 @@ class TokenStream:
             raise StopIteration
         if self._rows is None:
             self._fill()
-        k, b = self._skip, self.batch
-        if (k + 1) * b > len(self._rows):  # only at the end of a one-pass stream
+        k, b = self._skip, self._rows_per_batch
+        if k >= self._batches_held:  # only at the end of a one-pass stream
             if self._served == 0 and self._start == (0, 0, 0) and k == 0:
                 raise ValueError(
                     f"{len(self.docs)} documents hold fewer tokens than one batch "
-                    f"of {b} x {self.seq_len + 1}; add data or lower batch/seq_len"
+                    f"of {self.batch} x {self.seq_len + 1}; add data or lower batch/seq_len"
                 )
             raise StopIteration
         out = self._rows[k * b : (k + 1) * b]
@@ -260,6 +276,10 @@ class TokenStream:
         rows = tokens[: len(tokens) // row * row].reshape(-1, row)
         if self.window > 1:
             rows = rows[np.random.default_rng((self.seed, *self._start)).permutation(len(rows))]
+        self._batches_held = len(rows) // self.batch  # a partial last batch is never served
+        if self.rows is not None:
+            rows = rows[: self._batches_held * self.batch].reshape(-1, self.batch, row)
+            rows = rows[:, self.rows].reshape(-1, row)
         self._rows = rows
 
     def _take(self, start: tuple, n: int) -> tuple[np.ndarray, tuple]:

@@ -144,6 +144,30 @@ def test_resume_rejects_other_settings_and_bad_states(tiny):
         next(make_batches(tiny, BYTE, seq_len=16, batch=2, state={**state, "offset": 10**6}))
 
 
+def test_processes_reading_their_rows_make_up_the_one_process_batches(tiny):
+    """Each process of a multi-host run reads only its rows of every batch; together they are
+    the single-process batches, from the start and from any saved state."""
+    opts = dict(seq_len=16, batch=6, seed=2, window=3)
+    shares = [[0, 1, 4], [2, 3, 5]]  # rows need not be contiguous
+    whole = make_batches(tiny, BYTE, **opts)
+    reference = take(whole, 20)
+    state = whole.state()
+    after = take(whole, 5)
+    parts = [take(make_batches(tiny, BYTE, rows=rows, **opts), 20) for rows in shares]
+    for k, batch in enumerate(reference):
+        assert parts[0][k].shape == (3, 17)
+        assert (batch[shares[0]] == parts[0][k]).all() and (batch[shares[1]] == parts[1][k]).all()
+    resumed = [take(make_batches(tiny, BYTE, rows=r, state=state, **opts), 5) for r in shares]
+    for k, batch in enumerate(after):
+        assert (batch[shares[0]] == resumed[0][k]).all()
+        assert (batch[shares[1]] == resumed[1][k]).all()
+    with pytest.raises(ValueError, match="ascending indices into a batch of 6"):
+        make_batches(tiny, BYTE, rows=[3, 6], **opts)
+    one_pass = dict(opts, window=1, max_batches=None)
+    halves = [list(make_batches(tiny, BYTE, train=False, rows=r, **one_pass)) for r in shares]
+    assert len(halves[0]) == len(list(make_batches(tiny, BYTE, train=False, **one_pass)))
+
+
 def test_validation_is_one_pass_and_bounded(tiny):
     val = list(make_batches(tiny, BYTE, seq_len=16, batch=2, train=False))
     again = list(make_batches(tiny, BYTE, seq_len=16, batch=2, train=False))

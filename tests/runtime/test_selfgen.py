@@ -67,6 +67,12 @@ def test_training_batches_mix_the_generated_documents(tmp_path, share):
     for b in batches:
         assert b.shape == (4, 17)
         assert ((b[:n_gen] >= 300).mean(1) > 0.8).all() and (b[n_gen:] < 256).all()
+    # two processes, each reading its rows (`rows`), make up the same batches
+    halves = [data.train(16, 4, 0, None, rows=rows) for rows in ([0, 1], [2, 3])]
+    for b in batches:
+        assert np.array_equal(np.concatenate([next(h) for h in halves]), b)
+    for h in halves:
+        h.close()
     position = stream.state()
     stream.close()
     again = data.train(seq_len=16, batch=4, seed=0, position=position)

@@ -1,16 +1,13 @@
 """Scale-out: sharded training and decoding on 8 virtual CPU devices equal one device; bad
 meshes and uncovered parameters are clear errors; a pod-sized spec plans on this machine.
 
-The multi-device checks run once in a subprocess (`worker.py`): XLA_FLAGS must be set
-before JAX starts, and this process keeps its single device for the other tests.
+The multi-device checks run once in a subprocess (`worker.py`, the `multi` fixture of
+conftest.py): XLA_FLAGS must be set before JAX starts, and this process keeps its single
+device for the other tests.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +26,6 @@ from tandem_dsl import api
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "specs/quickstart.yaml"
 POD = ROOT / "specs/pod-7b-1b.yaml"
-
-
-@pytest.fixture(scope="module")
-def multi():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "worker.py")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("mesh", ["8x1", "4x2", "2x4"])
