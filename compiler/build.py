@@ -19,7 +19,9 @@ from .ir import (
     OptimizerIR,
     ProgramIR,
     ProjectionIR,
+    RopeScalingIR,
     SamplingIR,
+    TeacherCacheIR,
     TrainStageIR,
     WiringIR,
 )
@@ -41,6 +43,9 @@ def build_ir(spec: Spec) -> ProgramIR:
             mlp=m.mlp,
             pos=m.pos,
             rope_theta=m.rope_theta,
+            rope_scaling=_rope_scaling(m.rope_scaling),
+            head_dim=m.head_dim or 0,
+            qkv_bias=m.qkv_bias,
             tie_embeddings=m.tie_embeddings,
             dtype=m.dtype,
             trainable=m.trainable,
@@ -63,6 +68,18 @@ def build_ir(spec: Spec) -> ProgramIR:
     )
     verify_ir(prog)
     return prog
+
+
+def _rope_scaling(s) -> RopeScalingIR | None:
+    if s is None:
+        return None
+    return RopeScalingIR(
+        rope_type=s.rope_type,
+        factor=s.factor,
+        low_freq_factor=s.low_freq_factor,
+        high_freq_factor=s.high_freq_factor,
+        original_max_position_embeddings=s.original_max_position_embeddings,
+    )
 
 
 def _wiring(spec: Spec, w) -> WiringIR:
@@ -101,7 +118,7 @@ def _wiring(spec: Spec, w) -> WiringIR:
 
 def _stage(spec: Spec, s) -> TrainStageIR:
     trained = s.objective.model or next(n for n in s.trainable if n in spec.models)
-    o = s.optimizer
+    o, c = s.optimizer, s.teacher_cache
     return TrainStageIR(
         name=s.name,
         objective=ObjectiveIR(
@@ -129,6 +146,7 @@ def _stage(spec: Spec, s) -> TrainStageIR:
         eval_batches=s.eval_batches,
         checkpoint_every=s.checkpoint_every,
         seed=s.seed,
+        teacher_cache=c and TeacherCacheIR(batches=c.batches, top_k=c.top_k, noise=c.noise),
     )
 
 
@@ -194,8 +212,10 @@ def format_ir(prog: ProgramIR) -> str:
     lines = [f"program {prog.name}  batch={prog.batch} max_len={prog.max_len}"]
     for m in prog.models:
         lines.append(
-            f"  model {m.name}: {m.n_layers}L d={m.d_model} heads={m.n_heads}/{m.n_kv_heads} "
-            f"ff={m.d_ff} vocab={m.vocab} {m.norm}/{m.mlp}/{m.pos} {m.dtype}"
+            f"  model {m.name}: {m.n_layers}L d={m.d_model} heads={m.n_heads}/{m.n_kv_heads}"
+            f"x{m.head_dim} ff={m.d_ff} vocab={m.vocab} {m.norm}/{m.mlp}/{m.pos}"
+            f"{' qkv-bias' if m.qkv_bias else ''}{' llama3-rope' if m.rope_scaling else ''}"
+            f" {m.dtype}"
             f"{'' if m.trainable else ' frozen'} params={m.param_count:,}"
         )
     for w in prog.wirings:

@@ -7,10 +7,11 @@ Derived values (head_dim, parameter counts, FLOPs, cache bytes) live here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from compiler.errors import IRInvariantError
-from tandem_dsl import rules
+from tandem_dsl import rope_scaling, rules
 
 _DECODER_CHOICES = {
     "norm": ("rmsnorm", "layernorm"),
@@ -21,8 +22,20 @@ _DECODER_CHOICES = {
 
 
 @dataclass(frozen=True, kw_only=True)
+class RopeScalingIR:
+    """llama3 RoPE scaling (tandem_dsl/rope_scaling.py has the rule)."""
+
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+    rope_type: str = "llama3"
+
+
+@dataclass(frozen=True, kw_only=True)
 class DecoderIR:
-    """A Llama-style decoder (also GPT-style through norm/mlp/pos options)."""
+    """A Llama-style decoder (also GPT-style through norm/mlp/pos options, Qwen2-style with
+    qkv_bias)."""
 
     name: str
     vocab: int
@@ -37,6 +50,9 @@ class DecoderIR:
     mlp: str = "swiglu"  # swiglu | gelu
     pos: str = "rope"  # rope | learned
     rope_theta: float = 10000.0
+    rope_scaling: RopeScalingIR | None = None
+    head_dim: int = 0  # width of one head; 0 = d_model // n_heads (filled in at construction)
+    qkv_bias: bool = False  # biases on q, k, v (not on o or the MLP)
     tie_embeddings: bool = False
     dtype: str = "float32"  # float32 | bfloat16 | float16 (compute and storage)
     trainable: bool = True
@@ -49,16 +65,24 @@ class DecoderIR:
             if getattr(self, name) not in allowed:
                 raise IRInvariantError(f"model {self.name!r}: {name} must be one of {allowed}")
         if min(self.d_model, self.n_heads, self.n_kv_heads) < 1 or (
-            self.d_model % self.n_heads or self.n_heads % self.n_kv_heads
+            (self.head_dim == 0 and self.d_model % self.n_heads) or self.n_heads % self.n_kv_heads
         ):
             raise IRInvariantError(
                 f"model {self.name!r}: d_model {self.d_model} / n_heads {self.n_heads} / "
                 f"n_kv_heads {self.n_kv_heads} must divide evenly"
             )
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.head_dim < 1:
+            raise IRInvariantError(f"model {self.name!r}: head_dim {self.head_dim} < 1")
+        if self.rope_scaling is not None and self.pos != "rope":
+            raise IRInvariantError(f"model {self.name!r}: rope_scaling needs pos rope")
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def rope_frequencies(self) -> tuple[float, ...]:
+        """The RoPE frequency of each rotated pair, rope_scaling applied."""
+        scaling = None if self.rope_scaling is None else dataclasses.asdict(self.rope_scaling)
+        return tuple(rope_scaling.frequencies(self.head_dim, self.rope_theta, scaling))
 
     @property
     def dtype_bytes(self) -> int:
@@ -71,10 +95,11 @@ class DecoderIR:
 
     @property
     def attn_params(self) -> int:
-        """One layer's wq, wk, wv, wo (no biases)."""
+        """One layer's wq, wk, wv, wo, and the q/k/v biases with qkv_bias."""
         q_width = self.n_heads * self.head_dim
         kv_width = self.n_kv_heads * self.head_dim
-        return 2 * self.d_model * q_width + 2 * self.d_model * kv_width
+        biases = q_width + 2 * kv_width if self.qkv_bias else 0
+        return 2 * self.d_model * q_width + 2 * self.d_model * kv_width + biases
 
     @property
     def mlp_params(self) -> int:
@@ -208,6 +233,15 @@ class ObjectiveIR:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TeacherCacheIR:
+    """Run the stage's frozen reader once over `batches` batches and train from the store."""
+
+    batches: int
+    top_k: int = 64
+    noise: float = 0.0  # uniform feature noise, a fraction of each vector's RMS
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainStageIR:
     name: str
     objective: ObjectiveIR
@@ -220,6 +254,7 @@ class TrainStageIR:
     eval_batches: int = 4
     checkpoint_every: int = 100
     seed: int = 0
+    teacher_cache: TeacherCacheIR | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -132,14 +132,36 @@ def train_programs(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
         batch = jax.ShapeDtypeStruct((stage.batch, stage.seq_len + 1), jnp.int32, sharding=batch_sh)
         o = stage.objective
         doc = f"{o.kind} on {o.model}, {stage.batch}x{stage.seq_len} tokens"
+        train_batch, train_doc = batch, doc
+        if stage.teacher_cache is not None:
+            train_batch, teacher = _teacher_cache_args(prog, stage, sh)
+            out.append(teacher)
+            train_doc += ", from a teacher cache"
         out.append(
-            ProgramDef(f"train_step:{stage.name}", train_step, (state, batch, _key(sh)),
-                       donate=(0,), doc=doc)
+            ProgramDef(f"train_step:{stage.name}", train_step, (state, train_batch, _key(sh)),
+                       donate=(0,), doc=train_doc)
         )  # fmt: skip
         out.append(
             ProgramDef(f"eval_step:{stage.name}", eval_step, (state, batch), doc=doc)
         )  # fmt: skip
     return out
+
+
+def _teacher_cache_args(prog: ProgramIR, stage, sh: Sharder):
+    """(the abstract stored batch a cached train step reads, the program that writes one)."""
+    from .sharded_programs import stored_batch_shardings
+    from .train.teacher import cached_model, make_teacher_pass, stored_batch_shapes
+
+    shapes, shardings = stored_batch_shapes(prog, stage), stored_batch_shardings(prog, stage, sh)
+    stored = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
+    model = cached_model(prog, stage)
+    params = sh.abstract_args(abstract_params(prog)[model], sh.params(abstract_params(prog))[model])
+    doc = f"{model}'s outputs for one {stage.batch}x{stage.seq_len} batch, stored once"
+    teacher = ProgramDef(f"teacher_pass:{stage.name}", make_teacher_pass(prog, stage),
+                         (params, stored["tokens"]), doc=doc)  # fmt: skip
+    return stored, teacher
 
 
 def generation_programs(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:

@@ -16,19 +16,24 @@ from .sharding import Sharder, ShardingError
 
 def train_step_program(prog: ProgramIR, stage: TrainStageIR, sh: Sharder, state, *,
                        compiler_options: dict | None = None):  # fmt: skip
-    """(jitted train_step, jitted eval_step, state shardings, batch sharding).
+    """(jitted train_step, jitted eval_step, state shardings, token batch sharding).
 
-    train_step(state, batch [B, T+1], rng) -> (state, metrics): explicit in/out shardings,
-    the state donated; the batch is split over `data`, parameters over `model` per the rules.
+    train_step(state, batch, rng) -> (state, metrics): explicit in/out shardings, the state
+    donated; the batch (tokens [B, T+1], or with a teacher cache the stored batch, sharded by
+    `stored_batch_shardings`) is split over `data`, parameters over `model` per the rules.
+    eval_step(state, tokens [B, T+1]) runs every model.
     """
     from .train import make_eval_step, make_train_step
 
     state_sh = sh.train_state(prog, stage, state)
     batch_sh = sh.tokens((stage.batch, stage.seq_len + 1))
+    train_batch_sh = batch_sh
+    if stage.teacher_cache is not None:
+        train_batch_sh = stored_batch_shardings(prog, stage, sh)
     rep = sh.replicated
     train_step = jax.jit(
         make_train_step(prog, stage),
-        in_shardings=(state_sh, batch_sh, rep),
+        in_shardings=(state_sh, train_batch_sh, rep),
         out_shardings=(state_sh, rep),
         donate_argnums=0,
         compiler_options=compiler_options,
@@ -40,6 +45,13 @@ def train_step_program(prog: ProgramIR, stage: TrainStageIR, sh: Sharder, state,
         compiler_options=compiler_options,
     )
     return train_step, eval_step, state_sh, batch_sh
+
+
+def stored_batch_shardings(prog: ProgramIR, stage: TrainStageIR, sh: Sharder) -> dict:
+    """Where a teacher-cached stage's batch lives (`compiler.train.teacher`): rows over data."""
+    from .train.teacher import stored_batch_shapes
+
+    return jax.tree.map(lambda x: sh.rows(x.shape), stored_batch_shapes(prog, stage))
 
 
 def _constrain_caches(sh: Sharder, cfg, state):

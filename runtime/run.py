@@ -106,11 +106,13 @@ def located(doc):
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Held while a process trains in run_dir; a second one is refused at once. The lock
-    (flock) ends with the process, even a killed one."""
+    (flock) ends with the process, even a killed one. Each process of a multi-host run
+    holds its own (`.lock.<process index>` after the first)."""
     if not run_dir.exists():
         yield
         return
-    with open(run_dir / ".lock", "a+") as f:
+    index = jax.process_index()
+    with open(run_dir / (f".lock.{index}" if index else ".lock"), "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -315,9 +317,7 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
                 stage,
                 params,
                 r.run_dir / stage.name,
-                lambda position, s=stage, i=i: data.train(
-                    s.seq_len, s.batch, s.seed, position, field=("train", i)
-                ),
+                _train_batches(r, stage, i, params, data),
                 lambda s=stage, i=i: data.validation(
                     s.seq_len, s.batch, s.eval_batches, field=("train", i, "batch")
                 ),
@@ -334,6 +334,25 @@ def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
     complete = len(results) == len(r.prog.train) and results[-1].steps == r.prog.train[-1].steps
     r.params = params if complete else None
     return results
+
+
+def _train_batches(r: Run, stage, i: int, params: dict, data):
+    """train_batches(position) for `train_stage`: the data stream, or with a teacher cache the
+    stored batches (the store is filled when the stage first asks for them)."""
+    field = ("train", i)
+    if stage.teacher_cache is None:  # each process reads only the rows its devices hold
+        rows = Sharder.for_run(r.prog).local_batch_rows(stage.batch)
+        return lambda position: data.train(
+            stage.seq_len, stage.batch, stage.seed, position, field, rows=rows
+        )
+
+    def stored(position):
+        from .teacher_cache import StoredBatches, open_store
+
+        store = open_store(r.run_dir, r.prog, stage, params, data, field, r.log)
+        return StoredBatches(store, stage.teacher_cache.batches, stage.seed, position)
+
+    return stored
 
 
 def evaluate_stages(r: Run) -> dict:

@@ -77,17 +77,27 @@ def _weight_shape(model: dict) -> dict:
 
 def upgrade(recorded: dict) -> dict:
     """A config recorded by an older tandem-dsl, in today's form: it listed max_len for
-    every model, and it had no settings that default to what it did: a frozen-table option,
-    copied layers, a projection's init."""
+    every model, and it had no settings that default to what it did: new model fields
+    (`_new_model_fields`), copied layers, a projection's init, a teacher cache."""
     models = {
-        name: {"embed_trainable": True, **_weight_shape(m)}
+        name: {**_new_model_fields(m), **_weight_shape(m)}
         for name, m in recorded.get("models", {}).items()
     }
     for m in models.values():
         if "init" in m:
             m["init"] = {"copy_layers": [], **m["init"]}
     wirings = [_with_projection_init(w) for w in recorded.get("wiring", [])]
-    return {**recorded, "models": models, "wiring": wirings}
+    stage = {"teacher_cache": None, **recorded.get("stage", {})}
+    return {**recorded, "stage": stage, "models": models, "wiring": wirings}
+
+
+def _new_model_fields(model: dict) -> dict:
+    """Model fields added later, at what older models had: a frozen-table option, and the head
+    width, q/k/v biases and RoPE scaling of the Llama 3 / Qwen2 families."""
+    out = {"embed_trainable": True, "rope_scaling": None, "qkv_bias": False}
+    if "d_model" in model and "n_heads" in model:
+        out["head_dim"] = model["d_model"] // model["n_heads"]
+    return out
 
 
 def _with_projection_init(wiring: dict) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from compiler.ir import ProgramIR, TrainStageIR
-from compiler.sharded_programs import train_step_program
+from compiler.sharded_programs import stored_batch_shardings, train_step_program
 from compiler.sharding import Sharder
 from compiler.train import all_params, init_train_state
 
@@ -117,8 +118,9 @@ def train_stage(
 ) -> StageResult:
     """Trains `stage` from `params` (or its last checkpoint) and returns every parameter.
 
-    train_batches(position) -> an iterator of [B, T+1] batches starting at a saved data
-    position (None: the beginning) with a `.state()` method; val_batches() -> a fixed list.
+    train_batches(position) -> an iterator of [B, T+1] batches (with a teacher cache, stored
+    batches: `compiler.train.teacher`) starting at a saved data position (None: the
+    beginning) with a `.state()` method; val_batches() -> a fixed list.
     `stop_after_steps` ends early without marking the stage complete (for tests of resume).
     `meta` (e.g. the resolved spec) is recorded in every checkpoint, and `config` (what the
     result depends on, `runtime.stage_config`) decides what may be reused.
@@ -143,20 +145,22 @@ def train_stage(
                 stage.name, all_params(state), info["steps"], info["metrics"], skipped=True
             )
         log(f"{stage.name}: continuing from step {info['steps']} to {stage.steps}")
-        final.unlink()
+        final.unlink(missing_ok=True)  # with several processes, the first one does
 
-    state, position, step = template, None, 0
+    sh = Sharder.for_run(prog)
+    state, position, step = None, None, 0
     last = checkpoint.latest(stage_dir)
     if last is not None:
         recorded = checkpoint.read_meta(last).get("config")
         _same_config(stage, stage_dir, recorded, config, log, finished=False)
-        state, meta = checkpoint.restore(last, template)
+        # straight onto the mesh: each process reads only its shards
+        state, meta = checkpoint.restore(last, template, sh.train_state(prog, stage, template))
         position, step = meta["data"], meta["step"]
         _drop_metrics_after(stage_dir / "metrics.jsonl", step)
-    sh = Sharder.for_run(prog)
-    train_step, eval_step, state_sh, batch_sh = train_step_program(prog, stage, sh, state)
+    train_step, eval_step, state_sh, batch_sh = train_step_program(prog, stage, sh, template)
+    train_sh = stored_batch_shardings(prog, stage, sh) if stage.teacher_cache else batch_sh
     # Fresh global arrays: the train step donates its state, the caller's params stay valid.
-    state = sh.put(state, state_sh)
+    state = sh.put(template, state_sh) if state is None else state
     rng = jax.random.PRNGKey(stage.seed)
     val = [sh.put(b, batch_sh) for b in val_batches()]
     batches = train_batches(position)
@@ -174,12 +178,16 @@ def train_stage(
     timed_from, timed_tokens = None, 0
     end = stage.steps if stop_after_steps is None else min(stage.steps, stop_after_steps)
     pending: list[tuple[int, dict]] = []  # metrics still on the device, pulled at a sync
-    with open(metrics_file, "a") as log, _closing(batches):
+    shared = checkpoint.is_primary()  # process 0 writes the stage directory's files
+    with open(metrics_file if shared else os.devnull, "a") as log, _closing(batches):
         while step < end:
-            batch = sh.put(next(batches), batch_sh)
+            # a batch holds every row or only this process's (`Sharder.local_batch_rows`)
+            batch = sh.put_batch(next(batches), train_sh, stage.batch)
             # fold_in(step): the same noise at a step whether or not the run was resumed.
             state, m = train_step(state, batch, jax.random.fold_in(rng, step))
             step += 1
+            if stage.teacher_cache:  # a stored batch: the tokens and the teacher's outputs
+                batch = batch["tokens"]
             tokens += batch.shape[0] * (batch.shape[1] - 1)
             pending.append((step, m))
             evaluate_now = val and (step % stage.eval_every == 0 or step == stage.steps)
@@ -192,8 +200,8 @@ def train_stage(
                     probe = val[0] if val else batch  # data.val_fraction 0: no held-out data
 
                     def good(path: Path, start_loss: float, probe=probe) -> bool:
-                        restored, _ = checkpoint.restore(path, template)
-                        value = float(eval_step(sh.put(restored, state_sh), probe)["loss"])
+                        restored, _ = checkpoint.restore(path, template, state_sh)
+                        value = float(eval_step(restored, probe)["loss"])
                         sane = math.isfinite(value) and value <= start_loss
                         return sane and _sane_weights(restored["params"], template["params"])
 
@@ -224,7 +232,8 @@ def train_stage(
         (tokens - timed_tokens) / timed if timed > 0 and step > start_step + 1 else 0.0,
     )
     if step == stage.steps:
-        plot_curves(metrics_file, stage_dir / "curves.png", f"{prog.name}: {stage.name}")
+        if shared:
+            plot_curves(metrics_file, stage_dir / "curves.png", f"{prog.name}: {stage.name}")
         info = {
             "steps": step,
             "metrics": last_metrics,
@@ -264,7 +273,7 @@ def _same_config(stage, stage_dir: Path, recorded, config, log, finished: bool) 
 
 def _drop_metrics_after(path: Path, step: int) -> None:
     """Resuming at `step`: the rows logged after the checkpoint are logged again."""
-    if not path.exists():
+    if not path.exists() or not checkpoint.is_primary():
         return
     rows = [line for line in path.read_text().splitlines() if line]
     kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
@@ -303,7 +312,7 @@ def _diverged(prog, stage, stage_dir: Path, loss: float, step: int, is_good):
     found = sorted(stage_dir.glob("step_*"), reverse=True)
     good = next((c for c in found if is_good(c, start)), None)
     aside = stage_dir / "diverged"
-    for c in found:
+    for c in found if checkpoint.is_primary() else ():
         if good is None or c.name > good.name:
             aside.mkdir(exist_ok=True)
             if (aside / c.name).exists():

@@ -7,10 +7,11 @@ uses to turn `wiring[i].layers` into the per-small-layer table.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import expr, rules
+from . import expr, from_weights, rules
 from .diagnostics import Collector, did_you_mean
 from .model import (
     NAME_HINT,
@@ -199,19 +200,21 @@ def init_paths(ctx: Context):
 def heads(ctx: Context):
     for name, m in ctx.spec.models.items():
         p = ("models", name)
-        if m.d_model % m.n_heads:
+        width = m.head_dim or m.d_model // m.n_heads
+        if m.head_dim is None and m.d_model % m.n_heads:
             ctx.error(
                 "E-CHECK-HEAD-DIM",
                 f"d_model {m.d_model} is not divisible by n_heads {m.n_heads}",
                 p + ("n_heads",),
-                "pick n_heads so that d_model / n_heads is an integer (e.g. head_dim 64)",
+                "pick n_heads so that d_model / n_heads is an integer (e.g. head_dim 64), or "
+                "give the head width as head_dim",
             )
-        elif m.pos == "rope" and (m.d_model // m.n_heads) % 2:
+        elif m.pos == "rope" and width % 2:
             ctx.error(
                 "E-CHECK-ROPE-DIM",
-                f"RoPE needs an even head dimension, got {m.d_model // m.n_heads}",
-                p + ("n_heads",),
-                "pick n_heads so that d_model / n_heads is even, or use pos: learned",
+                f"RoPE needs an even head dimension, got {width}",
+                p + (("head_dim",) if m.head_dim else ("n_heads",)),
+                "pick an even head width (d_model / n_heads, or head_dim), or use pos: learned",
             )
         if m.n_heads % m.n_kv_heads:
             ctx.error(
@@ -219,6 +222,43 @@ def heads(ctx: Context):
                 f"n_heads {m.n_heads} is not divisible by n_kv_heads {m.n_kv_heads}",
                 p + ("n_kv_heads",),
                 "n_kv_heads must divide n_heads (grouped-query attention)",
+            )
+        scaling = m.rope_scaling
+        if scaling is not None and m.pos != "rope":
+            ctx.error(
+                "E-CHECK-ROPE-SCALING",
+                f"rope_scaling needs pos: rope, not {m.pos}",
+                p + ("rope_scaling",),
+                "remove rope_scaling, or use pos: rope",
+            )
+        elif scaling is not None and scaling.high_freq_factor <= scaling.low_freq_factor:
+            ctx.error(
+                "E-CHECK-ROPE-SCALING",
+                f"high_freq_factor {scaling.high_freq_factor} must exceed low_freq_factor "
+                f"{scaling.low_freq_factor}",
+                p + ("rope_scaling", "high_freq_factor"),
+                "Llama 3.x uses low_freq_factor 1 and high_freq_factor 4",
+            )
+
+
+@check
+def weights_agree(ctx: Context):
+    """A value the spec states for a model with a weight file must be the file's."""
+    for name, m in ctx.spec.models.items():
+        if m.init.from_ not in from_weights.WEIGHT_KINDS or not m.init.path:
+            continue
+        arch, _ = from_weights.read_architecture(m.init.from_, m.init.path)
+        if arch is None:
+            continue  # not there yet, or unreadable: loading the weights reports it
+        stated = dataclasses.asdict(m)
+        for key in from_weights.disagreements(stated, arch.values):
+            theirs = from_weights.shown(key, arch.values)
+            ctx.error(
+                "E-CHECK-WEIGHTS",
+                f"model '{name}': {key} is {from_weights.shown(key, stated)}, but the weights "
+                f"in {m.init.path} have {theirs}",
+                ("models", name, key),
+                f"remove {key} (the weights set it) or write {theirs}",
             )
 
 
@@ -436,6 +476,20 @@ def training(ctx: Context):
                     f"'{student}' (vocab {_vocab(ctx, student)}) have different vocabularies",
                     p + ("objective", "teacher"),
                     "distillation compares token distributions: give both models the same vocab",
+                )
+        if stage.teacher_cache is not None and student in ctx.spec.models:
+            memory = next(
+                (w.memory for w in ctx.spec.wiring if w.kind == "tandem" and w.query == student),
+                None,
+            )
+            problem = rules.teacher_cache(memory, obj.teacher, stage.trainable)
+            if problem:
+                ctx.error(
+                    "E-CHECK-TEACHER-CACHE",
+                    problem,
+                    p + ("teacher_cache",),
+                    "remove teacher_cache from this stage; it serves a stage that reads one "
+                    "frozen model (a drafter distilled from it, or a Tandem model reading it)",
                 )
         if stage.seq_len > ctx.spec.shapes.max_len:
             ctx.error(

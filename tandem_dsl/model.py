@@ -152,44 +152,99 @@ def _default_d_ff(owner: str, tree: dict) -> str:
     return f"(8 * ${{{owner}.d_model}} // 3 + 31) // 32 * 32"
 
 
+def _default_cache_batches(owner: str, tree: dict) -> str:
+    stage = owner.rsplit(".", 1)[0]  # train[i]
+    return "${" + stage.replace("[", ".").replace("]", "") + ".steps}"
+
+
 def _default_vocab(owner: str, tree: dict) -> str | int:
     kind = (tree.get("tokenizer") or {}).get("kind", "byte")
     return 256 if kind == "byte" else "${tokenizer.vocab_size}"
 
 
 @dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    rope_type: str = opt(
+        "llama3",
+        doc="`llama3` (Llama 3.1 and later): frequencies whose wavelength exceeds "
+        "original_max_position_embeddings / low_freq_factor are divided by `factor`, those "
+        "shorter than original_max_position_embeddings / high_freq_factor are kept, and the "
+        "ones between are interpolated smoothly.",
+        enum=["llama3"],
+    )
+    factor: float = opt(doc="Divisor of the low frequencies.", exclusive_minimum=0)
+    low_freq_factor: float = opt(1.0, doc="Sets the low-frequency wavelength.", exclusive_minimum=0)
+    high_freq_factor: float = opt(
+        4.0, doc="Sets the high-frequency wavelength (above low_freq_factor).", exclusive_minimum=0
+    )
+    original_max_position_embeddings: int = opt(
+        doc="The context length the model was pretrained with.", minimum=1, maximum=MAX_TOKENS
+    )
+
+
+# Fields marked `from_weights` are what a weight file states (`init.from: gguf | safetensors`):
+# a spec may leave them out (tandem_dsl/from_weights.py reads them from the file's header), and a
+# stated value must agree with the file.
+@dataclass(frozen=True, kw_only=True)
 class Decoder:
-    d_model: int = opt(doc="Residual width.", minimum=1, maximum=MAX_WIDTH)
-    n_layers: int = opt(doc="Number of transformer layers.", minimum=1, maximum=MAX_LAYERS)
-    n_heads: int = opt(doc="Query heads.", minimum=1, maximum=MAX_HEADS)
+    d_model: int = opt(doc="Residual width.", minimum=1, maximum=MAX_WIDTH, from_weights=True)
+    n_layers: int = opt(
+        doc="Number of transformer layers.", minimum=1, maximum=MAX_LAYERS, from_weights=True
+    )
+    n_heads: int = opt(doc="Query heads.", minimum=1, maximum=MAX_HEADS, from_weights=True)
     type: str = opt("decoder", doc="Model family.", enum=["decoder"])
     n_kv_heads: int = opt(
         doc="Key/value heads (grouped-query attention).",
         minimum=1,
         maximum=MAX_HEADS,
         default_expr="${{self}.n_heads}",
+        from_weights=True,
+    )
+    head_dim: int | None = opt(
+        None,
+        doc="Width of one attention head (null: d_model / n_heads). Set it for models whose "
+        "heads are wider or narrower than that (Qwen3, Gemma, Mistral NeMo): q, k and v then have "
+        "n_heads * head_dim and n_kv_heads * head_dim columns.",
+        minimum=2,
+        maximum=MAX_WIDTH,
+        from_weights=True,
     )
     d_ff: int = opt(
         doc="MLP hidden width (default: 8/3 d rounded up to 32 for swiglu, 4 d for gelu).",
         minimum=1,
         maximum=16 * MAX_WIDTH,
         default_fn=_default_d_ff,
+        from_weights=True,
     )
     vocab: int = opt(
-        doc="Vocabulary size (default: from the tokenizer).",
+        doc="Vocabulary size (default: the weight file's, else the tokenizer's).",
         hint="give the model `vocab:` (the size of its tokenizer's vocabulary); the default "
-        "is 256 for the byte tokenizer and tokenizer.vocab_size otherwise, which gguf and "
-        "hf-json tokenizers leave at 0",
+        "is 256 for the byte tokenizer, tokenizer.vocab_size for bpe, and the size of the "
+        "tokenizer file's vocabulary for gguf and hf-json",
         minimum=2,
         maximum=MAX_VOCAB,
         default_fn=_default_vocab,
+        from_weights=True,
     )
-    norm: str = opt("rmsnorm", doc="Normalization.", enum=["rmsnorm", "layernorm"])
-    norm_eps: float = opt(1e-5, doc="Normalization epsilon.", minimum=0)
-    mlp: str = opt("swiglu", doc="MLP kind.", enum=["swiglu", "gelu"])
-    pos: str = opt("rope", doc="Positions.", enum=["rope", "learned"])
-    rope_theta: float = opt(10000.0, doc="RoPE base.", minimum=1)
-    tie_embeddings: bool = opt(False, doc="Share the embedding and output matrices.")
+    norm: str = opt(
+        "rmsnorm", doc="Normalization.", enum=["rmsnorm", "layernorm"], from_weights=True
+    )
+    norm_eps: float = opt(1e-5, doc="Normalization epsilon.", minimum=0, from_weights=True)
+    mlp: str = opt("swiglu", doc="MLP kind.", enum=["swiglu", "gelu"], from_weights=True)
+    pos: str = opt("rope", doc="Positions.", enum=["rope", "learned"], from_weights=True)
+    rope_theta: float = opt(10000.0, doc="RoPE base.", minimum=1, from_weights=True)
+    rope_scaling: RopeScaling | None = opt(
+        None, doc="RoPE frequency scaling (null: none).", from_weights=True
+    )
+    qkv_bias: bool = opt(
+        False,
+        doc="Biases on the q, k and v projections (Qwen2, Qwen2.5); the output projection and "
+        "the MLP have none.",
+        from_weights=True,
+    )
+    tie_embeddings: bool = opt(
+        False, doc="Share the embedding and output matrices.", from_weights=True
+    )
     init: Init = opt(factory=Init, doc="Weight source.")
     trainable: bool = opt(True, doc="False freezes the model (stop_gradient, no optimizer).")
     embed_trainable: bool = opt(
@@ -274,6 +329,25 @@ class Optimizer:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TeacherCache:
+    batches: int = opt(
+        doc="Batches the frozen model is run over once and stored; the stage cycles through them "
+        "(in a new order each pass) for its steps.",
+        minimum=1,
+        default_fn=_default_cache_batches,
+    )
+    top_k: int = opt(64, doc="Teacher logits kept per token (the distillation target is their "
+        "softmax, renormalised).", minimum=1, maximum=1024)  # fmt: skip
+    noise: float = opt(
+        0.0,
+        doc="Uniform noise added to the stored hidden states while training, as a fraction of "
+        "each vector's RMS (EAGLE's feature noise; 0 = off).",
+        minimum=0,
+        maximum=1,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainStage:
     name: str = opt(doc="Stage name (also its checkpoint folder).")
     trainable: list[str] = opt(doc="Models and projections that receive gradients.")
@@ -288,6 +362,14 @@ class TrainStage:
     eval_batches: int = opt(4, doc="Validation batches per evaluation.", minimum=1)
     checkpoint_every: int = opt(100, doc="Checkpoint every N steps.", minimum=1)
     seed: int = opt(0, doc="Seed of init and dropout-free noise.", minimum=0)
+    teacher_cache: TeacherCache | None = opt(
+        None,
+        doc="Run the stage's frozen model (its teacher, or the large model a Tandem model reads) "
+        "once over the training batches and store what the loss needs (the wired layers' hidden "
+        "states in 16 bits, the top-k logits) in the run directory; the steps then read the "
+        "store instead of running it. Stages with the same teacher, data, batch and seq_len share "
+        "one store; it is extended when a stage needs more batches.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -106,3 +106,28 @@ def identity_projection(name: str, kind: str, d_in: int, d_out: int) -> str | No
     if d_in != d_out:
         return f"projection '{name}' maps {d_in} -> {d_out} dims: the identity needs equal widths"
     return None
+
+
+# --- training
+
+
+def cached_model(memory: str | None, teacher: str | None) -> str | None:
+    """The frozen model a stage's teacher cache stores: the large model its Tandem student
+    reads (which is then also the teacher) or else its distillation teacher."""
+    return memory or teacher
+
+
+def teacher_cache(memory: str | None, teacher: str | None, trainable: Iterable[str]) -> str | None:
+    """A teacher cache stores one frozen model's outputs, so the stage must read exactly one
+    other model and leave it untrained."""
+    if memory is None and teacher is None:
+        return "the stage reads no other model, so there is nothing to cache"
+    if memory is not None and teacher is not None and memory != teacher:
+        return (
+            f"the stage reads two models ('{memory}' through its wiring and teacher "
+            f"'{teacher}'): a teacher cache stores one"
+        )
+    name = cached_model(memory, teacher)
+    if name in trainable:
+        return f"'{name}' trains in this stage: stored outputs of it would go stale"
+    return None

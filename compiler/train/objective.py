@@ -9,6 +9,10 @@ Objectives (ObjectiveIR.kind):
 - distil: (1 - w) * CE + w * CE(softmax(z_teacher / τ), p_model). The teacher defaults to
   the Tandem memory model; an independent drafter (wiring kind none) names its teacher.
   When the teacher is the memory model its logits come from the same large pass.
+
+With a teacher cache (TrainStageIR.teacher_cache) the train step's batch is a dict: the
+tokens and what the frozen model wrote for them (`compiler.train.teacher`), read instead of
+running it; evaluation still runs it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 
 from compiler.errors import IRInvariantError
 from compiler.ir import DecoderIR, ObjectiveIR, ProgramIR, TrainStageIR, WiringIR
 from compiler.nn import decoder_forward, tandem_forward, training_frontier
-from compiler.train.losses import accuracy, agreement, cross_entropy, distil_loss
+from compiler.train.losses import TopK, accuracy, agreement, cross_entropy, distil_loss
 from tandem_dsl import rules
 
 
@@ -70,6 +75,15 @@ class StagePlan:
         """Whose argmax the eval agreement compares with: the teacher, else the memory."""
         return self.teacher or self.memory
 
+    @property
+    def cached(self) -> DecoderIR | None:
+        """The frozen model the stage's teacher cache stores (None without a cache)."""
+        if self.stage.teacher_cache is None:
+            return None
+        memory, teacher = self.memory and self.memory.name, self.teacher and self.teacher.name
+        name = rules.cached_model(memory, teacher)
+        return self.memory if name == memory else self.teacher
+
     def frozen(self, name: str) -> bool:
         return name not in self.trainable
 
@@ -113,21 +127,35 @@ def plan_stage(prog: ProgramIR, stage: TrainStageIR) -> StagePlan:
             f"stage {stage.name!r}: trainable {unused} get no gradient from the objective "
             f"(it can train {sorted(plan.learnable)}; a distillation teacher is only a target)"
         )
+    if stage.teacher_cache is not None:
+        problem = rules.teacher_cache(
+            memory and memory.name, teacher and teacher.name, stage.trainable
+        )
+        if problem:
+            raise IRInvariantError(f"stage {stage.name!r}: teacher_cache: {problem}")
     return plan
 
 
-def forward(plan: StagePlan, params: dict, inputs: jax.Array, frontier_rng, block=None):
-    """inputs [B, T] -> (logits [B, T, V], reference logits [B, T, V] or None).
+def forward(
+    plan: StagePlan, params: dict, inputs: jax.Array, frontier_rng, block=None, stored=None
+):
+    """inputs [B, T] -> (logits [B, T, V], reference logits [B, T, V] (a TopK when stored) or
+    None).
 
     params: every model/projection by name; frozen ones must already be stop_gradient-ed.
     frontier_rng: for a sampled block length / random offset (None: the fixed grid).
     block: evaluate on the fixed grid with this γ instead of the wiring's settings.
+    stored: the cached model's outputs for these inputs (`compiler.train.teacher`), used
+    instead of running it.
     """
     b, t = inputs.shape
     memory_logits = None
     if plan.wiring is not None:
         w = plan.wiring
-        memory_logits, hiddens = decoder_forward(params[plan.memory.name], plan.memory, inputs)
+        if stored is not None:
+            hiddens = stored_hiddens(plan, stored, frontier_rng)
+        else:
+            memory_logits, hiddens = decoder_forward(params[plan.memory.name], plan.memory, inputs)
         if plan.frozen(plan.memory.name):
             hiddens = jax.lax.stop_gradient(hiddens)
         if block is not None:
@@ -141,7 +169,9 @@ def forward(plan: StagePlan, params: dict, inputs: jax.Array, frontier_rng, bloc
     else:
         logits = decoder_forward(params[plan.model.name], plan.model, inputs)[0]
     reference = None
-    if plan.teacher is not None:
+    if stored is not None:
+        reference = TopK(stored["top_values"], stored["top_indices"])
+    elif plan.teacher is not None:
         if plan.memory is not None and plan.teacher == plan.memory:
             reference = memory_logits
         else:
@@ -151,6 +181,28 @@ def forward(plan: StagePlan, params: dict, inputs: jax.Array, frontier_rng, bloc
     if reference is not None:
         reference = jax.lax.stop_gradient(reference)
     return logits, reference
+
+
+def hidden_key(layer: int) -> str:
+    """A stored batch's key for the hiddens entering `layer` (string keys: jax.export)."""
+    return f"hidden_{layer}"
+
+
+def stored_hiddens(plan: StagePlan, stored: dict, rng) -> dict:
+    """The cached model's stored hiddens {layer: [B, T, D] f32}, with the cache's feature noise
+    when training (rng given): uniform, a fraction of each vector's RMS (EAGLE's)."""
+    noise = plan.stage.teacher_cache.noise
+    hiddens = {}
+    for key, h in stored.items():
+        if not key.startswith(hidden_key("")):
+            continue
+        layer = int(key.removeprefix(hidden_key("")))
+        h = h.astype(jnp.float32)
+        if noise and rng is not None:
+            u = jax.random.uniform(jax.random.fold_in(rng, 1 + layer), h.shape, h.dtype, -1, 1)
+            h = h + noise * jnp.sqrt(jnp.mean(h * h, axis=-1, keepdims=True)) * u
+        hiddens[layer] = h
+    return hiddens
 
 
 def loss_and_metrics(plan: StagePlan, logits, reference, targets) -> tuple[jax.Array, dict]:
@@ -165,7 +217,8 @@ def loss_and_metrics(plan: StagePlan, logits, reference, targets) -> tuple[jax.A
 
 
 def make_loss_fn(prog: ProgramIR, stage: TrainStageIR, block: int | None = None):
-    """loss_fn(params, batch [B, T + 1], rng) -> (loss, metrics).
+    """loss_fn(params, batch, rng) -> (loss, metrics). batch: tokens [B, T + 1], or with a
+    teacher cache the stored batch that `compiler.train.teacher` describes.
 
     params holds every model/projection by name; those not in stage.trainable are wrapped
     in stop_gradient, so even a gradient taken w.r.t. all params is zero for them, and so
@@ -178,8 +231,11 @@ def make_loss_fn(prog: ProgramIR, stage: TrainStageIR, block: int | None = None)
         params = {k: (jax.lax.stop_gradient(v) if plan.frozen(k) else v) for k, v in params.items()}
         for name in fixed_tables & params.keys():
             params[name] = dict(params[name], embed=jax.lax.stop_gradient(params[name]["embed"]))
+        stored = None
+        if isinstance(batch, dict):
+            stored, batch = batch, batch["tokens"]
         inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits, reference = forward(plan, params, inputs, rng, block)
+        logits, reference = forward(plan, params, inputs, rng, block, stored)
         return loss_and_metrics(plan, logits, reference, targets)
 
     return loss_fn

@@ -131,6 +131,22 @@ CASES = {
     "trainable_no_gradient": BASE
     + "train:\n  - {name: s, trainable: [large, l2s], objective: {kind: ce, model: large}, "
     "steps: 2}\n",
+    "teacher_cache_nothing": BASE
+    + "train:\n  - {name: s, trainable: [large], objective: {kind: ce, model: large}, "
+    "steps: 2,\n     teacher_cache: {top_k: 8}}\n",
+    "rope_scaling_bands": BASE.replace(
+        "n_heads: 4}",
+        "n_heads: 4,\n          rope_scaling: {factor: 8, high_freq_factor: 1, "
+        "original_max_position_embeddings: 64}}",
+    ),
+    "head_dim_odd": BASE.replace("n_heads: 2}", "n_heads: 2, head_dim: 7}"),
+    "weights_unreadable": BASE.replace(
+        "large: {d_model: 64, n_layers: 4, n_heads: 4}",
+        "large: {n_heads: 4, init: {from: gguf, path: tests/dsl/bad/kv_heads.yaml}}",
+    ),
+    "tokenizer_unreadable": BASE.replace(
+        "models:", "tokenizer: {kind: hf-json, path: nowhere/tokenizer.json}\nmodels:"
+    ),
     "decode_ngram_adaptive": BASE.replace(
         "policy: speed, target: large, draft: small,",
         "policy: adaptive, target: large, draft: {kind: ngram, n: 2}, adaptive: {},",
