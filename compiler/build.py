@@ -6,6 +6,8 @@ takes `ProgramIR`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from tandem_dsl import checks
 from tandem_dsl.model import NgramDraft, Spec
 
@@ -21,6 +23,7 @@ from .ir import (
     ProjectionIR,
     RopeScalingIR,
     SamplingIR,
+    ScaleIR,
     TeacherCacheIR,
     TrainStageIR,
     WiringIR,
@@ -147,6 +150,7 @@ def _stage(spec: Spec, s) -> TrainStageIR:
         checkpoint_every=s.checkpoint_every,
         seed=s.seed,
         teacher_cache=c and TeacherCacheIR(batches=c.batches, top_k=c.top_k, noise=c.noise),
+        scale=ScaleIR(**dataclasses.asdict(s.scale)),
     )
 
 

@@ -242,6 +242,16 @@ class TeacherCacheIR:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScaleIR:
+    """How a train step runs (memory and compile time), not what it computes."""
+
+    remat: str = "none"  # none | full | dots
+    grad_accum: int = 1  # micro-batches per step
+    scan_layers: bool = False  # plain stacks as one lax.scan
+    attention: str = "xla"  # xla | fused (jax.nn.dot_product_attention)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainStageIR:
     name: str
     objective: ObjectiveIR
@@ -255,6 +265,10 @@ class TrainStageIR:
     checkpoint_every: int = 100
     seed: int = 0
     teacher_cache: TeacherCacheIR | None = None
+    scale: ScaleIR = ScaleIR()
+    # the tokens may carry no-loss flags (`compiler.loss_mask`): set by the runtime for data
+    # that can hold them (JSONL); False compiles the unmasked program
+    loss_mask: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

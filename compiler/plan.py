@@ -8,6 +8,7 @@ import jax
 
 from . import nn
 from .ir import ProgramIR
+from .memory import REMAT_CHOICES, activation_bytes, with_remat
 from .nn.projection import param_count
 from .shapes import abstract_params, train_state_shape
 from .sharding import Sharder
@@ -141,6 +142,17 @@ def format_sharding(s: dict) -> str:
     lines.append("  per-device memory (arrays only; activations and temporaries not counted):")
     for what, nbytes in s["device_bytes"].items():
         lines.append(f"    {what:<36}{_si(nbytes, 'B'):>12}")
+    if s.get("train_steps"):
+        lines.append(
+            "  train step peak per device, estimated (state + gradients + activations, "
+            "compiler/memory.py), by remat policy; * = the spec's:"
+        )
+        for name, t in s["train_steps"].items():
+            peaks = "   ".join(
+                f"{remat}{'*' if remat == t['remat'] else ''} {_si(b, 'B')}"
+                for remat, b in t["peak"].items()
+            )
+            lines.append(f"    {name:<20}grad_accum {t['grad_accum']:<4}{peaks}")
     for note in s["notes"]:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
@@ -162,10 +174,21 @@ def sharding_summary(prog: ProgramIR, sh: Sharder) -> dict:
     }
     for name, tree in params.items():
         out["device_bytes"][f"params:{name}"] = sh.tree_device_bytes(tree, params_sh[name])
+    out["train_steps"] = {}
     for stage in prog.train:
         state = train_state_shape(prog, stage, params)
         state_sh = sh.train_state(prog, stage, state)
-        out["device_bytes"][f"train_state:{stage.name}"] = sh.tree_device_bytes(state, state_sh)
+        held = sh.tree_device_bytes(state, state_sh)
+        out["device_bytes"][f"train_state:{stage.name}"] = held
+        held += sh.tree_device_bytes(state["params"], state_sh["params"])  # the gradients
+        out["train_steps"][stage.name] = {
+            "remat": stage.scale.remat,
+            "grad_accum": stage.scale.grad_accum,
+            "peak": {
+                remat: held + activation_bytes(prog, with_remat(stage, remat), sh)
+                for remat in REMAT_CHOICES
+            },
+        }
     if prog.decode is not None:
         d = prog.decode
         for name in (d.target, d.draft):

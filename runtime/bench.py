@@ -5,8 +5,10 @@ Rows: the target alone (autoregressive), prompt lookup (n-gram drafts copied fro
 standard SPEED with an independent drafter at every gamma, the spec's drafter (the Tandem
 small model) at every gamma, and both drafters again with hybrid drafting (`decode.lookup`:
 prompt lookup where the context matches, the drafter elsewhere). Prompts: code cut from
-held-out corpus files (the validation split, so no model trained on them) and chat messages
-wrapped in the tokenizer's chat template.
+held-out corpus files (the validation split, so no model trained on them), chat messages
+wrapped in the tokenizer's chat template, and the lines of `bench.prompt_file` (JSONL,
+`runtime.prompts`), each prompt of a class ("code", "chat", or a line's "kind") that the
+table gives a speedup column.
 Each method is compiled and warmed up first; then the timed runs are interleaved (every method
 on every prompt, `repeats` times) so machine drift hits all methods alike, and the fastest run
 of each (method, prompt) counts. Then the pieces are timed inside compiled loops (one M_S step
@@ -29,7 +31,7 @@ from compiler.ir import DecodeIR
 from compiler.timing import timed_call
 
 from .errors import UserError
-from .prompts import chat_prompt, code_before_def
+from .prompts import chat_prompt, code_before_def, read_prompt_file
 
 
 def code_prompts(r, n: int, max_tokens: int) -> list[str]:
@@ -56,6 +58,30 @@ def code_prompts(r, n: int, max_tokens: int) -> list[str]:
         if len(out) == n:
             return out
     raise UserError(f"only {len(out)} held-out files hold a function; lower bench.code_prompts")
+
+
+def file_prompts(r, path: str, max_tokens: int) -> list[tuple[str, str]]:
+    """(kind, text) of every line of a prompt file (`runtime.prompts.read_prompt_file`), each
+    checked to fit the prompt budget."""
+    field = ("bench", "prompt_file")
+    out = []
+    for p in read_prompt_file(path, field):
+        text = p.text(r.tokenizer, field)
+        n = len(r.tokenizer.encode(text))
+        if n > max_tokens:
+            raise UserError(
+                f"{p.where}: the prompt has {n} tokens, at most {max_tokens} fit beside "
+                f"decode.max_new_tokens and the longest draft in shapes.max_len {r.prog.max_len}",
+                field=field,
+                hint="raise shapes.max_len, or shorten the prompt",
+            )
+        out.append((p.kind, text))
+    return out
+
+
+def kinds_of(prompts) -> list[str]:
+    """The prompt classes, in the order they first appear."""
+    return list(dict.fromkeys(k for k, _ in prompts))
 
 
 def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str, DecodeIR]:
@@ -102,8 +128,10 @@ def run_bench(r) -> dict:
     budget = min(256, r.prog.max_len - d.max_new_tokens - longest - 2)
     prompts = [("code", p) for p in code_prompts(r, b.code_prompts, budget)]
     prompts += [("chat", chat_prompt(r.tokenizer, m)) for m in b.chat_prompts]
-    table = methods(d, b.gammas, b.drafter, b.prompt_lookup)
     widest = dataclasses.replace(d, gamma=longest)
+    if getattr(b, "prompt_file", None):
+        prompts += file_prompts(r, b.prompt_file, widest.prompt_budget(r.prog.max_len))
+    table = methods(d, b.gammas, b.drafter, b.prompt_lookup)
     tokens, lens = encode_prompts(r, [p for _, p in prompts], widest)  # one width: one compile
     params, backend = {}, None
     for name, dec in table.items():  # packed once per model when the backend is the kernel
@@ -213,7 +241,7 @@ def _rows(table, prompts, results, best) -> dict:
         }
         if table[name].lookup:  # hybrid: the share of rounds drafted by prompt lookup
             row["lookup_share"] = s["lookup_rounds"] / max(s["rounds"], 1)
-        for kind in ("code", "chat"):  # per-kind speedups: total time ratio on those prompts
+        for kind in kinds_of(prompts):  # per-kind speedups: total time ratio on those prompts
             idx = [i for i, (k, _) in enumerate(prompts) if k == kind]
             if idx:
                 row[f"speedup_{kind}"] = sum(best[base, i] for i in idx) / sum(sec[i] for i in idx)
@@ -235,7 +263,7 @@ def _rows(table, prompts, results, best) -> dict:
 
 def markdown(out: dict) -> str:
     """The table as Markdown (bench.md, and what docs/BENCHMARKS.md quotes)."""
-    kinds = [k for k in ("code", "chat") if any(p["kind"] == k for p in out["prompts"])]
+    kinds = kinds_of((p["kind"], p["text"]) for p in out["prompts"])
     head = ["method", "tokens/s", "speedup", *[f"speedup {k}" for k in kinds]]
     head += ["vs standard SPEED", "tau", "M_L calls/token", "M_S calls/token"]
     head += ["ceiling (all accepted)"]

@@ -102,11 +102,18 @@ MAX_PROMPT_BYTES = 1 << 20
 DEFAULT_PROMPT = 'def read_config(path):\n    """Read a configuration file and return a dict."""\n'
 
 
-def _prompts(args) -> list[str]:
+def _prompts(args) -> list:
+    """The prompts of --prompt (strings) and --prompt-file: a `.jsonl` one gives its lines
+    (`runtime.prompts.FilePrompt`, rendered once the tokenizer is known), any other file is
+    one prompt."""
     from runtime.errors import UserError
 
     prompts = list(args.prompt or [])
-    if args.prompt_file:
+    if args.prompt_file and args.prompt_file.endswith(".jsonl"):
+        from runtime.prompts import read_prompt_file
+
+        prompts += read_prompt_file(args.prompt_file)
+    elif args.prompt_file:
         try:
             with open(args.prompt_file, "rb") as f:
                 data = f.read(MAX_PROMPT_BYTES + 1)  # bounded: /dev/zero is a file too
@@ -121,7 +128,8 @@ def _prompts(args) -> list[str]:
             raise UserError(f"cannot read prompt file {args.prompt_file}: {e.strerror}") from None
     for i, text in enumerate(prompts, 1):
         try:
-            text.encode("utf-8")
+            if isinstance(text, str):
+                text.encode("utf-8")
         except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8
             raise UserError(f"prompt {i} is not valid UTF-8 text") from None
     return prompts or [DEFAULT_PROMPT]
@@ -191,17 +199,22 @@ def _run_stage(args, r, stage, prompts, write_json) -> int:
 
     if stage in ("bench", "train-router", "bench-rules") or (stage is None and r.spec.bench):
         run.ensure_writable(r.run_dir)  # their results go there: fail now, not after the work
-    if args.chat:
-        from runtime.prompts import chat_prompt
+    from runtime.prompts import FilePrompt, chat_prompt
 
-        prompts = [chat_prompt(r.tokenizer, p) for p in prompts]
+    def text(p) -> str:  # --chat wraps plain prompts; a prompt file's chats are rendered as such
+        if isinstance(p, FilePrompt) and (p.messages is not None or not args.chat):
+            return p.text(r.tokenizer)
+        p = p.prompt if isinstance(p, FilePrompt) else p
+        return chat_prompt(r.tokenizer, p) if args.chat else p
+
+    prompts = [text(p) for p in prompts]
     out: dict = {"spec": r.spec.name, "run_dir": str(r.run_dir)}
     if stage in (None, "train") and r.prog.train:
         results = run.train(r, progress=report.stage_progress)
         report.print_train_summary(results)
         out["train"] = [report.stage_row(x) for x in results]
     if stage == "generate":
-        g = run.generate(r, prompts)
+        g = run.generate(r, prompts, repeats=1)  # timed: tok/s is printed
         report.print_generation(r, prompts, g)
         out["generate"] = {"texts": g.texts, "seconds": g.seconds, **g.stats}
     if stage == "train-router":
@@ -222,7 +235,7 @@ def _run_stage(args, r, stage, prompts, write_json) -> int:
             out["bench"] = bench.run_bench(r)
             report.print_bench(r, out["bench"])
         elif r.prog.decode.policy == "autoregressive":
-            g = run.generate(r, prompts)
+            g = run.generate(r, prompts, repeats=1)  # timed: tok/s is printed
             report.print_generation(r, prompts, g)
             out["generate"] = {"texts": g.texts, "seconds": g.seconds, **g.stats}
         else:
@@ -248,7 +261,12 @@ def register_run(sub: argparse._SubParsersAction) -> None:
         help=f"optional stage ({', '.join(RUN_STAGES)}), then overrides a.b=1 +a.new=2 ~a.b",
     )
     p.add_argument("--prompt", action="append", help="a prompt (repeatable: one batch)")
-    p.add_argument("--prompt-file", help="read a prompt from a UTF-8 file")
+    p.add_argument(
+        "--prompt-file",
+        help="read a prompt from a UTF-8 file; a .jsonl file holds one prompt per line: "
+        '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]} (rendered '
+        "with the tokenizer's chat template)",
+    )
     p.add_argument(
         "--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template"
     )

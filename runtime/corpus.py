@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .data import Prefetcher, TokenStream, list_documents, split_documents
+from .data import Prefetcher, Record, TokenStream, list_documents, split_documents
 from .errors import UserError, at_field
 
 
@@ -60,11 +61,22 @@ class MixedStream:
 class SpecData:
     """Documents of the spec's corpus split into train and validation, tokenized lazily; with
     `generated` (pre-tokenized `.ids` documents) a `share` of each training batch's rows comes
-    from those."""
+    from those.
+
+    `loss_mask`: the documents include JSONL records, whose tokens may carry no-loss flags (a
+    chat trains on its replies only, `runtime.data`): the stages that read them compile the
+    masked loss (`program_for_data`)."""
 
     def __init__(self, spec, tokenizer, generated: list[Path] = ()):
+        text_field = getattr(spec.data, "text_field", "text")
+        if not text_field:
+            raise UserError(
+                "data.text_field is empty", field=("data", "text_field"),
+                hint='name the JSONL records\' text field, e.g. "text"',
+            )  # fmt: skip
         with at_field(("data", "paths" if spec.data.paths else "corpus"), values=True):
-            docs = list_documents(spec.data.corpus, spec.data.paths)
+            docs = list_documents(spec.data.corpus, spec.data.paths, text_field)
+        self.loss_mask = any(isinstance(d, Record) for d in docs)
         self.tokenizer = tokenizer
         self.seed = spec.data.seed
         with at_field(("data", "val_fraction"), values=True):
@@ -135,3 +147,13 @@ class SpecData:
 
 def data_for_spec(spec, tokenizer, generated: list[Path] = ()) -> SpecData:
     return SpecData(spec, tokenizer, generated)
+
+
+def program_for_data(prog, data: SpecData):
+    """The program's IR as its data needs it: every stage with `loss_mask` when the tokens may
+    carry no-loss flags (`compiler.loss_mask`); as it is otherwise, so plain text compiles the
+    programs it always did."""
+    if not data.loss_mask:
+        return prog
+    train = tuple(dataclasses.replace(s, loss_mask=True) for s in prog.train)
+    return dataclasses.replace(prog, train=train)

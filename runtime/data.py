@@ -6,7 +6,8 @@ Order of the token stream (documented because resuming depends on it):
    (A tuple, not `seed + e`: with a sum, seed 1's first epoch would be seed 0's second.)
 2. Each document is tokenized on its own (lazily, when the stream reaches it) and followed by a
    separator: the tokenizer's EOS id, or the bytes of "\\n\\n" when it has none. A `.ids` file is
-   already tokenized (little-endian int32 ids, e.g. generated text) and read as it is.
+   already tokenized (little-endian int32 ids, e.g. generated text) and read as it is. Every
+   record (non-blank line) of a `.jsonl` file is a document of its own (`Record`, see below).
 3. The stream is cut into rows of `seq_len + 1` tokens (inputs `row[:-1]`, targets `row[1:]`);
    rows do not overlap, and the stream runs on across document and epoch boundaries.
 4. `window * batch` consecutive rows form a shuffle window; its rows are permuted with
@@ -17,28 +18,51 @@ Order of the token stream (documented because resuming depends on it):
 window starts (epoch, index into that epoch's permutation, token offset in that document), how
 many of its batches were served, and a checksum of the settings and document list. Passing it
 back as `state=` rebuilds that window and continues with exactly the batches an uninterrupted
-run would have produced. Numpy only.
+run would have produced. Numpy only (and Jinja, through `runtime.chat`, for chat records).
 
 With several processes (multi-host), each one passes `rows`: the rows of every batch that its
 devices hold (`compiler.sharding.Sharder.local_batch_rows`). Every process reads the same
 stream (the packing is sequential, so a window is tokenized whole) and keeps only those rows;
 the state does not depend on `rows`, so the global batch, and resuming it, are the same
 whatever the process count.
+
+JSONL. A `.jsonl` file is one JSON object per line, each a document (`Record`: the file, the
+line, its bytes), so the split, the epoch order and the resume position work per record, as
+they do per file. A record is text or a chat:
+- `{"text": "..."}` (the field `data.text_field` names, "text" by default): the string is the
+  document, trained on every token as any text file is.
+- `{"messages": [{"role": ..., "content": ...}, ...]}` (or the text field holding such a list):
+  the conversation rendered with the tokenizer's chat template, and the loss counts only the
+  assistant's replies (`runtime.chat`): every other token carries the no-loss flag of
+  `compiler.loss_mask` (as does the separator after it), which rides in the token ids through
+  the packing, shuffling, resuming, mixing, per-process rows and the teacher cache unchanged.
+A line that is not a JSON object, a record with neither field, a value of another type, or a
+chat record with a tokenizer that has no chat template is a UserError naming the file and line.
+The records' offsets are indexed when the documents are listed (one read of each file); each
+record is parsed when the stream reaches it.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import queue
 import sysconfig
 import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from compiler.loss_mask import no_loss
+
+from .chat import ChatError, check_messages, json_kind, require_template, valid_text
+from .chat import encode as encode_chat
+from .errors import UserError
 
 STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
@@ -76,15 +100,23 @@ def _expand(entry: str) -> list[Path]:
     return [path]
 
 
-def list_documents(corpus: str | None, paths: Sequence[str] = ()) -> list[Path]:
+def list_documents(
+    corpus: str | None, paths: Sequence[str] = (), text_field: str = "text"
+) -> list[Path | Record]:
     """Documents of the spec's `data` section: `paths` (files, directories, globs) when given,
-    otherwise the built-in corpus (`stdlib`)."""
+    otherwise the built-in corpus (`stdlib`). A `.jsonl` file gives one `Record` per non-blank
+    line, whose text is in `text_field` (or a chat in `messages`)."""
     if paths:
         seen: dict[str, Path] = {}
         for entry in paths:
             for p in _expand(str(entry)):
                 seen.setdefault(os.path.abspath(p), p)
-        return list(seen.values())
+        docs: list[Path | Record] = []
+        for p in seen.values():
+            docs += jsonl_records(p, text_field) if p.suffix == JSONL else [p]
+        if not docs:
+            raise ValueError("the JSONL files of data.paths hold no records; add some lines")
+        return docs
     if corpus == "stdlib":
         docs = stdlib_documents()
         if not docs:
@@ -101,13 +133,17 @@ def list_documents(corpus: str | None, paths: Sequence[str] = ()) -> list[Path]:
     raise ValueError(f"unknown corpus {corpus!r}; use corpus: stdlib or list files in data.paths")
 
 
-def document_keys(docs: Sequence[Path]) -> list[str]:
-    """Stable names of documents: their paths relative to the deepest common folder."""
-    absolute = [os.path.abspath(d) for d in docs]
+def document_keys(docs: Sequence[Path | Record]) -> list[str]:
+    """Stable names of documents: their paths relative to the deepest common folder, and for a
+    JSONL record its line (`data/chat.jsonl:12`)."""
+    absolute = [os.path.abspath(d.path if isinstance(d, Record) else d) for d in docs]
     if not absolute:
         return []
     root = os.path.commonpath([os.path.dirname(a) for a in absolute])
-    return [Path(os.path.relpath(a, root)).as_posix() for a in absolute]
+    keys = [Path(os.path.relpath(a, root)).as_posix() for a in absolute]
+    return [
+        f"{k}:{d.line}" if isinstance(d, Record) else k for k, d in zip(keys, docs, strict=True)
+    ]
 
 
 def split_documents(
@@ -142,12 +178,12 @@ def _unit_hash(text: str) -> float:
     return int.from_bytes(digest, "little") / 2.0**64
 
 
-def iter_texts(docs: Iterable[Path], max_bytes: int | None = None) -> Iterator[str]:
-    """Document texts (UTF-8, bad bytes replaced), stopping once `max_bytes` were read:
-    the input for training a BPE tokenizer."""
+def iter_texts(docs: Iterable[Path | Record], max_bytes: int | None = None) -> Iterator[str]:
+    """Document texts (UTF-8, bad bytes replaced; a JSONL record's text, or its messages'
+    contents), stopping once `max_bytes` were read: the input for training a BPE tokenizer."""
     total = 0
     for d in docs:
-        data = _read(d)
+        data = d.read_text().encode("utf-8") if isinstance(d, Record) else _read(d)
         yield data.decode("utf-8", errors="replace")
         total += len(data)
         if max_bytes is not None and total >= max_bytes:
@@ -161,6 +197,98 @@ def _read(path: Path) -> bytes:
         raise ValueError(
             f"cannot read data file {path} ({e.strerror}); restore it or remove it from data.paths"
         ) from None
+
+
+JSONL_HINT = (
+    'each line of a .jsonl file is one JSON object: {"text": "..."} (the field data.text_field '
+    'names) or {"messages": [{"role": "user", "content": "..."}, ...]}'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record (non-blank line) of a JSONL file, a document of its own: the file, its line
+    number (from 1), the line's bytes `[start, end)` in the file, and the field holding its
+    text. Like a path it has `read_text()` (the text, or a chat's message contents)."""
+
+    path: Path
+    line: int
+    start: int
+    end: int
+    field: str = "text"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    def error(self, problem: str, hint: str = JSONL_HINT) -> UserError:
+        return UserError(f"{self}: {problem}", field=("data", "paths"), hint=hint)
+
+    def value(self) -> str | list:
+        """The record's text (a string) or its chat messages (a list), checked."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.start)
+                raw = f.read(self.end - self.start)
+        except OSError as e:
+            raise self.error(f"cannot read the file ({e.strerror})", "restore it") from None
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise self.error("the line is not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise self.error(f"not JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise self.error(f"a JSON {json_kind(obj)}, not an object")
+        key = self.field if self.field in obj else "messages" if "messages" in obj else None
+        if key is None:
+            keys = ", ".join(map(repr, list(obj)[:8])) or "none"
+            raise self.error(
+                f'the record has no "{self.field}" field and no "messages" (its keys: {keys})',
+                "set data.text_field to the field that holds each record's text, or give "
+                'chat records a "messages" list of {role, content} objects',
+            )
+        value = obj[key]
+        if isinstance(value, str):
+            if not valid_text(value):
+                raise self.error(f'"{key}" is not valid Unicode (a lone surrogate)')
+            return value
+        if isinstance(value, list):
+            try:
+                return check_messages(value, key)
+            except ChatError as e:
+                raise self.error(str(e)) from None
+        raise self.error(f'"{key}" is a {json_kind(value)}, not a string (text) or a list (a chat)')
+
+    def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        value = self.value()
+        return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
+
+    def tokens(self, tokenizer) -> tuple[np.ndarray, bool]:
+        """(ids, is a chat): a chat's ids carry NO_LOSS outside the assistant's replies."""
+        value = self.value()
+        if isinstance(value, str):
+            return _encode(tokenizer, value.encode("utf-8")), False
+        try:
+            require_template(tokenizer, "chat records (messages)")
+        except UserError as e:
+            raise self.error(str(e), e.hint) from None
+        try:
+            return encode_chat(tokenizer, value), True
+        except ChatError as e:
+            raise self.error(
+                str(e), "fix the record, or use a tokenizer whose template fits"
+            ) from None
+
+
+def jsonl_records(path: Path, text_field: str = "text") -> list[Record]:
+    """A `Record` for every non-blank line of the JSONL file (read once, not parsed)."""
+    data = _read(path)
+    out, start = [], 0
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if line.strip():
+            out.append(Record(path, number, start, start + len(line), text_field))
+        start += len(line) + 1
+    return out
 
 
 class TokenStream:
@@ -208,6 +336,10 @@ class TokenStream:
         setting = (
             f"{seed} {seq_len} {batch} {window} {loop} {tokenizer.name} {tokenizer.vocab_size}"
         )
+        fields = sorted({d.field for d in self.docs if isinstance(d, Record)})
+        if fields:  # what a record's tokens are depends on these too (plain files: unchanged)
+            template = getattr(tokenizer, "chat_template", None) or ""
+            setting += f" jsonl {fields} {zlib.crc32(template.encode())}"
         self.fingerprint = zlib.crc32("\n".join([setting, *document_keys(self.docs)]).encode())
         self._start, self._skip = (0, 0, 0), 0
         if state is not None:
@@ -315,18 +447,25 @@ class TokenStream:
                 order = np.random.default_rng((self.seed, epoch)).permutation(len(self.docs))
                 self._order = (epoch, order)
             path = self.docs[self._order[1][index]]
-            tokens = np.concatenate([_tokens(self.tokenizer, path), self._sep])
+            tokens, chat = _tokens(self.tokenizer, path)
+            # no loss on predicting the separator after a chat: its replies end as the
+            # template ends a turn
+            tokens = np.concatenate([tokens, no_loss(self._sep) if chat else self._sep])
             self._cache = (epoch, index, path, tokens)
         return self._cache[2], self._cache[3]
 
 
 TOKEN_IDS = ".ids"  # a pre-tokenized document: little-endian int32 token ids
+JSONL = ".jsonl"  # one JSON object per line, each a document (`Record`)
 
 
-def _tokens(tokenizer, path: Path) -> np.ndarray:
+def _tokens(tokenizer, path: Path | Record) -> tuple[np.ndarray, bool]:
+    """A document's ids, and whether it is a chat (its ids carry no-loss flags)."""
+    if isinstance(path, Record):
+        return path.tokens(tokenizer)
     if path.suffix == TOKEN_IDS:
-        return np.frombuffer(_read(path), dtype="<i4").astype(np.int32)
-    return _encode(tokenizer, _read(path))
+        return np.frombuffer(_read(path), dtype="<i4").astype(np.int32), False
+    return _encode(tokenizer, _read(path)), False
 
 
 def _encode(tokenizer, data: bytes) -> np.ndarray:

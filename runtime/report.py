@@ -73,7 +73,8 @@ def print_generation(r, prompts, g) -> None:
         console.print(line)
     s = g.stats
     console.print(
-        f"{s['tokens']} tokens in {g.seconds * 1000:.0f} ms ({s['tokens_per_s']:,.0f} tok/s), "
+        f"{s['tokens']} tokens in {g.seconds * 1000:.0f} ms "
+        f"({s['tokens_per_s']:,.0f} tok/s{'' if g.timed else ', including compile'}), "
         f"tau {s['tau']:.2f}, large calls/token {s['large_calls_per_token']:.2f}, "
         f"small calls/token {s['small_calls_per_token']:.2f}; mat-muls: {s['backend']}"
     )
@@ -133,9 +134,10 @@ def print_bench(r, out: dict) -> None:
     from runtime.bench import markdown
 
     kinds = [p["kind"] for p in out["prompts"]]
+    counts = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
     console.print(
-        f"\n[bold]{out['spec']}[/bold]: {len(kinds)} prompts ({kinds.count('code')} code, "
-        f"{kinds.count('chat')} chat), batch 1, {out['max_new_tokens']} new tokens, greedy, "
+        f"\n[bold]{out['spec']}[/bold]: {len(kinds)} prompts ({counts}), "
+        f"batch 1, {out['max_new_tokens']} new tokens, greedy, "
         f"fastest of {out['repeats']} interleaved runs, on {out['device']}"
     )
     console.print(markdown(out), markup=False)

@@ -44,6 +44,8 @@ from .stop_rule import STAGE, _adaptive, _template, load_router, measure_costs
 
 
 def _prompts(r, split_name: str, n_rows: int, prompt_len: int, seed: int = 0) -> np.ndarray:
+    from compiler.loss_mask import token_ids
+
     from .corpus import SpecData
     from .data import TokenStream
 
@@ -51,7 +53,8 @@ def _prompts(r, split_name: str, n_rows: int, prompt_len: int, seed: int = 0) ->
     docs = data.train_docs if split_name == "train" else data.val_docs
     stream = TokenStream(docs, r.tokenizer, seq_len=prompt_len - 1, batch=n_rows,
                          seed=seed, loop=False, window=1, max_batches=1)  # fmt: skip
-    return np.asarray(next(iter(stream)), np.int32)  # [n_rows, prompt_len]
+    # clean ids: JSONL chat data flags its context tokens (`compiler.loss_mask`)
+    return token_ids(np.asarray(next(iter(stream)), np.int32))  # [n_rows, prompt_len]
 
 
 def train_router(r, batches: int = 12, rows: int = 8, prompt_len: int = 64, rounds: int = 24,

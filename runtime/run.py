@@ -5,6 +5,7 @@ r = run.open_run("specs/quickstart.yaml")
 run.train(r)                            # every train stage (completed ones are skipped)
 out = run.generate(r, ["def main("])    # texts, tokens and statistics
 table = run.compare(r, ["def main("])   # autoregressive vs the spec's policy
+model = run.nnx_module(r, "large")      # a flax.nnx Module; run.use_params hands weights back
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import math
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -30,8 +33,8 @@ from compiler.errors import InputError
 from compiler.ir import DecodeIR, ProgramIR
 from compiler.router import ROUTER
 from compiler.sharded_programs import generate_program
-from compiler.sharding import Sharder, maybe_initialize_distributed
-from compiler.timing import timings
+from compiler.sharding import Sharder, maybe_initialize_distributed, rules_of
+from compiler.timing import timed_call, timings
 from tandem_dsl import api
 from tandem_dsl.diagnostics import Collector
 from tandem_dsl.source import path_str
@@ -57,7 +60,7 @@ class Run:
 
 
 def open_run(
-    spec_path,
+    spec,
     overrides=(),
     run_dir: str | Path | None = None,
     log=print,
@@ -65,6 +68,11 @@ def open_run(
 ) -> Run:
     """Loads and checks a spec (SpecError on bad input) and prepares its run directory.
 
+    spec: a spec file, a typed spec (`tandem_dsl.api.load`) or a
+    `tandem_dsl.builder.SpecBuilder`; an object goes through the same checks as a file
+    (`tandem_dsl.api.checked`), and the run directory reuses a finished stage only when its
+    recorded settings match, whichever form the spec came in. Errors about an object's values
+    name the field path (it has no file and line; a builder's name its Python line).
     distributed: call `jax.distributed.initialize()` first (multi-host; default: when the
     environment variable TANDEM_DISTRIBUTED is 1)."""
     if distributed is None:
@@ -73,7 +81,7 @@ def open_run(
         maybe_initialize_distributed(distributed)
     except InputError as e:
         raise UserError(str(e)) from None
-    loaded = api.load_checked(spec_path, overrides)
+    loaded = api.checked(spec, overrides)
     spec = loaded.spec
     prog = build_ir(spec)
     try:
@@ -192,8 +200,7 @@ def initial_params(r: Run) -> dict:
         source = m.init.from_
         if source == "random":
             if m.init.seed:
-                one = dataclasses.replace(r.prog, models=(r.prog.model(name),), wirings=())
-                params[name] = nn.init_params(one, jax.random.PRNGKey(m.init.seed))[name]
+                params[name] = nn.init_model(r.prog, name, m.init.seed)
         elif source == "checkpoint":
             with at_field(("models", name, "init", "path")):
                 params[name] = _model_from_stage(Path(m.init.path), name, params[name])
@@ -286,6 +293,38 @@ def trained_params(r: Run, require: bool = False) -> dict:
     return params
 
 
+def nnx_module(r: Run, name: str, trained: bool = True, mesh=None):
+    """Model `name` as a `flax.nnx` Module (`compiler.nnx_module.DecoderModule`) holding the
+    run's weights: those of every completed stage (`trained_params`), or with trained=False
+    its initial ones (`init`: random, checkpoint or weight files). Its Params carry their
+    logical axes and the spec's sharding rules; mesh: place them on that mesh."""
+    from compiler.nnx_module import DecoderModule, standalone_model
+
+    try:
+        cfg = standalone_model(r.prog, name)
+    except InputError as e:
+        raise UserError(str(e)) from None
+    params = trained_params(r) if trained else initial_params(r)
+    return DecoderModule(cfg, params[name], rules=rules_of(r.prog.mesh), mesh=mesh)
+
+
+def use_params(r: Run, name: str, params: dict) -> None:
+    """Model `name`'s weights (a functional tree, e.g. `DecoderModule.to_params()`, checked
+    against the model) replace the run's in memory: `generate`, `compare` and
+    `evaluate_stages` decode with them from now on. Nothing is written: the run directory's
+    checkpoints stay those of its stages (`train` starts from them, not from these)."""
+    from compiler.nnx_module import check_params
+
+    names = [m.name for m in r.prog.models]
+    if name not in names:
+        raise UserError(f"no model '{name}' in spec '{r.spec.name}' (models: {', '.join(names)})")
+    try:
+        check_params(r.prog.model(name), params)
+    except InputError as e:
+        raise UserError(str(e)) from None
+    r.params = {**trained_params(r), name: params}
+
+
 # --- training ----------------------------------------------------------------------------
 
 
@@ -303,17 +342,18 @@ def train(r: Run, progress=None, stop_after_steps: int | None = None) -> list[St
 
 
 def _train(r: Run, progress, stop_after_steps, unfinished) -> list[StageResult]:
-    from .corpus import data_for_spec
+    from .corpus import data_for_spec, program_for_data
     from .selfgen import generated_documents
 
     params = initial_params(r)
     generated = generated_documents(r, params, r.log) if unfinished else []
     data = data_for_spec(r.spec, r.tokenizer, generated)
+    prog = program_for_data(r.prog, data)  # chat data: the loss counts the replies only
     results = []
-    for i, stage in enumerate(r.prog.train):
+    for i, stage in enumerate(prog.train):
         with at_field(("train", i)):  # its settings changed, its loss diverged, ...
             result = train_stage(
-                r.prog,
+                prog,
                 stage,
                 params,
                 r.run_dir / stage.name,
@@ -360,16 +400,17 @@ def evaluate_stages(r: Run) -> dict:
     from compiler.sharded_programs import train_step_program
     from compiler.train import init_train_state
 
-    from .corpus import data_for_spec
+    from .corpus import data_for_spec, program_for_data
     from .train import evaluate
 
     data = data_for_spec(r.spec, r.tokenizer)
     params = trained_params(r, require=True)
     sh = Sharder.for_run(r.prog)
+    prog = program_for_data(r.prog, data)
     out = {}
-    for i, stage in enumerate(r.prog.train):
-        state = init_train_state(r.prog, stage, params)
-        _, eval_step, state_sh, batch_sh = train_step_program(r.prog, stage, sh, state)
+    for i, stage in enumerate(prog.train):
+        state = init_train_state(prog, stage, params)
+        _, eval_step, state_sh, batch_sh = train_step_program(prog, stage, sh, state)
         batches = data.validation(
             stage.seq_len, stage.batch, stage.eval_batches, field=("train", i, "batch")
         )
@@ -385,8 +426,11 @@ def evaluate_stages(r: Run) -> dict:
 class Generation:
     texts: list[str]
     tokens: list[list[int]]
-    seconds: float  # wall time of the timed call (compile excluded)
+    # timed: the fastest of the timed calls (compile excluded); else the one call's wall
+    # time, compile included (stats' tokens_per_s likewise)
+    seconds: float
     stats: dict = field(default_factory=dict)  # totals over the batch
+    timed: bool = False
 
 
 def encode_prompts(r: Run, prompts: list[str], decode: DecodeIR) -> tuple[np.ndarray, np.ndarray]:
@@ -436,12 +480,28 @@ def decode_params(r: Run, decode: DecodeIR) -> tuple[dict, Backend]:
 
 
 def generate(
-    r: Run, prompts: list[str], decode: DecodeIR | None = None, repeats: int = 1
+    r: Run,
+    prompts: list[str],
+    decode: DecodeIR | None = None,
+    repeats: int | None = None,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
 ) -> Generation:
-    """Generates for every prompt (one batch) with `decode` (default: the spec's policy)."""
+    """Generates for every prompt (one batch) with `decode` (default: the spec's policy).
+
+    repeats: None runs the generation once (compile included in `seconds`); a number times
+    it: one untimed warm-up call, then `repeats` timed calls, the fastest reported.
+    temperature, top_k, top_p, seed: this call's sampling, each overriding the decode
+    section's `sampling` value (the spec's decode is not changed)."""
     decode = decode or r.prog.decode
     if decode is None:
         raise UserError("the spec has no decode section: add one to generate")
+    if repeats is not None and (not _whole(repeats) or repeats < 1):
+        raise UserError(f"repeats={repeats!r}: give a whole number >= 1, or None (no timing)")
+    decode = with_sampling(decode, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     decode = with_eos(r, decode)
     params, backend = decode_params(r, decode)
     tokens, lens = encode_prompts(r, prompts, decode)
@@ -451,16 +511,61 @@ def generate(
     if router is not None:
         params = {**params, ROUTER: router}
     sh = Sharder.for_run(r.prog)
-    fn = generate_program(r.prog, decode, sh, batch=len(prompts), stop_rule=rule,
+    # the seed only makes the key: every seed shares one compiled program
+    program = dataclasses.replace(decode, sampling=dataclasses.replace(decode.sampling, seed=0))
+    fn = generate_program(r.prog, program, sh, batch=len(prompts), stop_rule=rule,
                           packed=backend.packed)  # fmt: skip
     key = jax.random.PRNGKey(decode.sampling.seed)
     args = (params, jnp.asarray(tokens), jnp.asarray(lens), key)
-    result, seconds = timings(fn, *args, repeats=max(repeats, 1))
-    best = min(seconds)
+    if repeats is None:
+        result, seconds = timed_call(fn, *args)
+    else:
+        result, times = timings(fn, *args, repeats=repeats)
+        seconds = min(times)
     out_tokens = token_rows(result)
     texts = [r.tokenizer.decode(t) for t in out_tokens]
-    stats = {**decode_stats([result], best), "backend": str(backend)}
-    return Generation(texts, out_tokens, best, stats)
+    stats = {**decode_stats([result], seconds), "backend": str(backend)}
+    return Generation(texts, out_tokens, seconds, stats, timed=repeats is not None)
+
+
+MAX_SEED = 2**32 - 1  # jax.random.PRNGKey keeps 32 bits: a larger seed repeats a smaller one
+
+
+def _whole(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def with_sampling(
+    decode: DecodeIR,
+    *,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> DecodeIR:
+    """`decode` with the given sampling values in place of its own (None keeps one); a
+    UserError names a value out of range. temperature 0 is greedy."""
+    problems = []
+    if temperature is not None and not (_real(temperature) and temperature >= 0):
+        problems.append(f"temperature={temperature!r}: give a number >= 0 (0 = greedy)")
+    if top_k is not None and not (_whole(top_k) and top_k >= 0):
+        problems.append(f"top_k={top_k!r}: give a whole number >= 0 (0 = off)")
+    if top_p is not None and not (_real(top_p) and 0 < top_p <= 1):
+        problems.append(f"top_p={top_p!r}: give a number in (0, 1] (1 = off)")
+    if seed is not None and not (_whole(seed) and 0 <= seed <= MAX_SEED):
+        problems.append(f"seed={seed!r}: give a whole number in [0, {MAX_SEED}]")
+    if problems:
+        raise UserError("sampling: " + "; ".join(problems))
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    casts = {"temperature": float, "top_k": int, "top_p": float, "seed": int}
+    changes = {k: casts[k](v) for k, v in given.items() if v is not None}
+    if not changes:
+        return decode
+    return dataclasses.replace(decode, sampling=dataclasses.replace(decode.sampling, **changes))
 
 
 def token_rows(result) -> list[list[int]]:
@@ -515,7 +620,10 @@ def autoregressive(d: DecodeIR) -> DecodeIR:
 
 
 def compare(r: Run, prompts: list[str], repeats: int = 3) -> dict:
-    """Autoregressive decoding of the target vs the spec's policy: same prompts, one process."""
+    """Autoregressive decoding of the target vs the spec's policy: same prompts, one process,
+    each timed (`generate` with `repeats`)."""
+    if repeats is None:
+        raise UserError("compare times both decodings: give repeats >= 1")
     d = r.prog.decode
     base = generate(r, prompts, autoregressive(d), repeats)
     ours = generate(r, prompts, d, repeats)

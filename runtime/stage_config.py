@@ -18,7 +18,10 @@ from compiler.ir import ProgramIR, TrainStageIR
 # Settings that may change when an unfinished stage resumes (to recover from a diverged loss):
 # the optimizer's. Everything else must match.
 RESUMABLE_CHANGES = ("stage.optimizer.",)
-NOT_RESULT = ("steps", "eval_every", "eval_batches", "checkpoint_every")
+# Not part of the result: the length and cadence, and how a step runs (`scale`: remat, micro-
+# batches, ... may change to fit memory, and a finished stage serves whatever they are).
+# `loss_mask` follows from the data (recorded below): whether its tokens can carry no-loss flags.
+NOT_RESULT = ("steps", "eval_every", "eval_batches", "checkpoint_every", "scale", "loss_mask")
 
 
 def reads(prog: ProgramIR, stage: TrainStageIR) -> set[str]:
@@ -78,7 +81,8 @@ def _weight_shape(model: dict) -> dict:
 def upgrade(recorded: dict) -> dict:
     """A config recorded by an older tandem-dsl, in today's form: it listed max_len for
     every model, and it had no settings that default to what it did: new model fields
-    (`_new_model_fields`), copied layers, a projection's init, a teacher cache."""
+    (`_new_model_fields`), copied layers, a projection's init, a teacher cache, the JSONL
+    text field."""
     models = {
         name: {**_new_model_fields(m), **_weight_shape(m)}
         for name, m in recorded.get("models", {}).items()
@@ -88,7 +92,10 @@ def upgrade(recorded: dict) -> dict:
             m["init"] = {"copy_layers": [], **m["init"]}
     wirings = [_with_projection_init(w) for w in recorded.get("wiring", [])]
     stage = {"teacher_cache": None, **recorded.get("stage", {})}
-    return {**recorded, "stage": stage, "models": models, "wiring": wirings}
+    out = {**recorded, "stage": stage, "models": models, "wiring": wirings}
+    if "data" in recorded:
+        out["data"] = {"text_field": "text", **recorded["data"]}
+    return out
 
 
 def _new_model_fields(model: dict) -> dict:

@@ -7,7 +7,9 @@ Each stage collects all of its errors and raises one `SpecError` for them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +102,29 @@ def loads_checked(text: str, source: str = "<string>", overrides=()) -> Loaded:
         errors.error("E-INCLUDE-STRING", "include: needs a spec file, not a string", Origin(source))
         errors.raise_if_any()
     return finish(doc, overrides)
+
+
+def checked(source, overrides=()) -> Loaded:
+    """A checked spec with its document from any of: a spec file (str or Path), a typed
+    `model.Spec` (as `load` returns), a `Loaded`, or a `SpecBuilder`. Each goes through the
+    same stages as a file (overrides, weights, validate, resolve, check), so an object is
+    held to every rule a file is; SpecError on bad input. A Spec object's values have no
+    file or line: its diagnostics name `<spec object 'NAME'>` and the field path."""
+    if isinstance(source, str | os.PathLike):
+        return load_checked(source, overrides)
+    if isinstance(source, model.Spec):  # its resolved tree loads back to an equal spec
+        origin = Origin(f"<spec object '{source.name}'>")
+        return finish(Doc(to_tree(source), {(): origin}, {}, [origin.source]), overrides)
+    if isinstance(source, Loaded):
+        doc = source.doc
+        doc = Doc(copy.deepcopy(doc.tree), dict(doc.origins), dict(doc.key_origins), doc.files)
+        return finish(doc, overrides)
+    if callable(getattr(source, "checked", None)):  # a SpecBuilder (it imports this module)
+        return source.checked(overrides)
+    raise TypeError(
+        "a spec is a file path, a tandem_dsl.model.Spec (api.load) or a "
+        f"tandem_dsl.builder.SpecBuilder, not {type(source).__name__}"
+    )
 
 
 def load(path: str | Path, overrides=()) -> model.Spec:

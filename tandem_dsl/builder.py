@@ -95,5 +95,10 @@ class SpecBuilder:
 
     def build(self, overrides=()) -> model.Spec:
         """Validates, resolves and checks; raises SpecError with python:FILE:LINE origins."""
+        return self.checked(overrides).spec
+
+    def checked(self, overrides=()) -> api.Loaded:
+        """`build`, with the resolved document (values and the Python line of each): what
+        `api.checked` and `runtime.run.open_run` take from a builder."""
         doc = Doc(self.tree(), dict(self.doc.origins), dict(self.doc.key_origins), ["<python>"])
-        return api.finish(doc, overrides).spec
+        return api.finish(doc, overrides)

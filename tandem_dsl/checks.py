@@ -491,6 +491,14 @@ def training(ctx: Context):
                     "remove teacher_cache from this stage; it serves a stage that reads one "
                     "frozen model (a drafter distilled from it, or a Tandem model reading it)",
                 )
+        if stage.batch % stage.scale.grad_accum:
+            ctx.error(
+                "E-CHECK-GRAD-ACCUM",
+                f"batch {stage.batch} does not split into {stage.scale.grad_accum} equal "
+                "micro-batches",
+                p + ("scale", "grad_accum"),
+                "make grad_accum a divisor of the stage's batch",
+            )
         if stage.seq_len > ctx.spec.shapes.max_len:
             ctx.error(
                 "E-CHECK-SEQ-LEN",
@@ -650,12 +658,13 @@ def bench(ctx: Context):
             )
     if b.drafter is not None and ctx.model_ref(b.drafter, p + ("drafter",)):
         _same_vocab_as_target(ctx, "drafter", b.drafter, d.target, p + ("drafter",))
-    if b.code_prompts == 0 and not b.chat_prompts:
+    if b.code_prompts == 0 and not b.chat_prompts and not b.prompt_file:
         ctx.error(
             "E-CHECK-BENCH-PROMPTS",
-            "the bench has no prompts: code_prompts is 0 and chat_prompts is empty",
+            "the bench has no prompts: code_prompts is 0, chat_prompts is empty and there is "
+            "no prompt_file",
             p + ("code_prompts",),
-            "set code_prompts: 4 (cut from held-out corpus files)",
+            "set code_prompts: 4 (cut from held-out corpus files), or a prompt_file",
         )
 
 

@@ -94,7 +94,19 @@ class Data:
     corpus: str | None = opt(
         "stdlib", doc="Built-in corpus: the Python standard library's own source.", enum=["stdlib"]
     )
-    paths: list[str] = opt(factory=list, doc="Text files or globs used instead of the corpus.")
+    paths: list[str] = opt(
+        factory=list,
+        doc="Files, folders or globs used instead of the corpus: text files (each a document), "
+        "pre-tokenized `.ids` files, and `.jsonl` files (one JSON object per line, each a "
+        'document): `{"text": ...}` (see `text_field`) is trained on as text; `{"messages": '
+        '[{"role": ..., "content": ...}, ...]}` is rendered with the tokenizer\'s chat template '
+        "and the loss counts only the assistant's replies.",
+    )
+    text_field: str = opt(
+        "text",
+        doc="The field of a `.jsonl` record that holds its text (a record without it is read "
+        "as a chat from its `messages`; the field holding a list of messages is a chat too).",
+    )
     seq_len: int = opt(
         256, doc="Training sequence length in tokens.", minimum=2, maximum=MAX_TOKENS
     )
@@ -348,6 +360,34 @@ class TeacherCache:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Scale:
+    remat: str = opt(
+        "none",
+        doc="Recompute each layer's activations in the backward pass instead of keeping them: "
+        "none; full (keep only each layer's input); dots (keep the matmul outputs, recompute "
+        "the rest). Less memory, more compute.",
+        enum=["none", "full", "dots"],
+    )
+    grad_accum: int = opt(
+        1,
+        doc="Split each batch into this many micro-batches (rows i, i+n, ...) run one after "
+        "another, and apply their mean gradient once: the memory of batch / grad_accum rows.",
+        minimum=1,
+    )
+    scan_layers: bool = opt(
+        False,
+        doc="Run the layers of a plain (non-Tandem) stack as one lax.scan over stacked weights: "
+        "one layer in the program, traced once. Decoding stays unrolled (faster on CPU).",
+    )
+    attention: str = opt(
+        "xla",
+        doc="Causal self-attention in training: xla (masked einsums) or fused "
+        "(jax.nn.dot_product_attention, the platform's fused kernel where it has one).",
+        enum=["xla", "fused"],
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainStage:
     name: str = opt(doc="Stage name (also its checkpoint folder).")
     trainable: list[str] = opt(doc="Models and projections that receive gradients.")
@@ -369,6 +409,12 @@ class TrainStage:
         "states in 16 bits, the top-k logits) in the run directory; the steps then read the "
         "store instead of running it. Stages with the same teacher, data, batch and seq_len share "
         "one store; it is extended when a stage needs more batches.",
+    )
+    scale: Scale = opt(
+        factory=Scale,
+        doc="How the step runs on big models (remat, gradient accumulation, scanned layers, "
+        "fused attention): memory and compile time, not the result; a stage may resume with "
+        "other settings.",
     )
 
 
@@ -463,6 +509,13 @@ class Bench:
     )
     chat_prompts: list[str] = opt(
         factory=list, doc="User messages, each wrapped in the tokenizer's chat template."
+    )
+    prompt_file: str | None = opt(
+        None,
+        doc='A JSONL file of more prompts, one per line: `{"prompt": "..."}` (used as it is) or '
+        '`{"messages": [{"role": ..., "content": ...}, ...]}` (in the tokenizer\'s chat '
+        'template, ready for the reply), with an optional `"kind"` (the class the table gives '
+        'a speedup column; default "text" or "chat").',
     )
     repeats: int = opt(2, doc="Timed runs of each prompt; the fastest counts.", minimum=1)
 

@@ -14,7 +14,7 @@ from compiler.nn.decoder import (
     init_decoder,
     run_layers,
 )
-from compiler.nn.params import init_params, reduced_embedding
+from compiler.nn.params import init_model, init_params, reduced_embedding
 from compiler.nn.projection import init_projection, project
 from compiler.nn.tandem import (
     small_block,
@@ -31,6 +31,7 @@ __all__ = [
     "decoder_forward",
     "init_cache",
     "init_decoder",
+    "init_model",
     "init_params",
     "init_projection",
     "logical_axes",

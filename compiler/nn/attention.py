@@ -84,16 +84,25 @@ class CacheRule:
     positions: jax.Array
 
 
+@dataclass(frozen=True)
+class Causal:
+    """Training's causal self-attention of tokens at positions 0..T-1, left to the platform's
+    fused attention (`jax.nn.dot_product_attention`, train[i].scale.attention: fused): no
+    [B, T, T] mask is built."""
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask, kernel: bool = False) -> jax.Array:
     """Masked softmax attention with grouped kv heads.
 
-    q [B, T, H, E], k/v [B, S, K, E], mask [B, T, S] bool (True = may attend) or a CacheRule
-    -> [B, T, H, E]. Scores and softmax in float32. With `kernel` (params packed for the CPU
+    q [B, T, H, E], k/v [B, S, K, E], mask [B, T, S] bool (True = may attend), a CacheRule or
+    Causal -> [B, T, H, E]. Scores and softmax in float32. With `kernel` (params packed for the CPU
     kernel), float32 attention over a cache runs the kernel on CPU (XLA's dots on other
     platforms): every query row alone, so a prefill, a verify pass and a one-token step give
     each row the same bits, and only the visible slots are read (faster than XLA's dots
     from 1 to 400 query tokens, docs/BENCHMARKS.md).
     """
+    if isinstance(mask, Causal):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True)
     if isinstance(mask, CacheRule):
         positions, slots = mask.positions, k.shape[1]
         if kernel and q.dtype == k.dtype == jnp.float32:

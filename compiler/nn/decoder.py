@@ -9,9 +9,10 @@ Params (stable names, e.g. params["layers_3"]["attn"]["wq"]):
   lm_head:    w [D, V] (untied only; tied models use embed.tokens)
 
 Layers are unrolled in Python (lax.scan over stacked layers is 2.8x slower to decode on
-CPU) and each layer has its own cache buffer. The three ways of running the stack differ
-only in where a layer's keys and values come from, which `run_layers` takes as a callback:
-plain causal self-attention (`decoder_forward`), a KV cache (`decoder_block`), or the
+CPU) and each layer has its own cache buffer; a training forward may scan them instead, and
+recompute them in the backward pass (`ScaleIR`, train[i].scale). The three ways of running
+the stack differ only in where a layer's keys and values come from, which `run_layers` takes
+as a callback: plain causal self-attention (`decoder_forward`), a KV cache (`decoder_block`), or the
 Tandem [projected ; own] context (`compiler.nn.tandem`).
 """
 
@@ -24,9 +25,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from compiler.ir import DecoderIR
+from compiler.ir import DecoderIR, ScaleIR
 from compiler.nn.attention import (
     CacheRule,
+    Causal,
     attend,
     attn_out,
     causal_mask,
@@ -51,6 +53,9 @@ from compiler.nn.packed import is_packed
 # context(l, layer_params, k, v) -> (keys [B, S, K, E], values [B, S, K, E], mask [B, T, S]
 # or a CacheRule) given the new tokens' own k, v [B, T, K, E] for layer l.
 Context = Callable[[int, dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array, object]]
+
+# scale.remat -> what a layer keeps for the backward pass (None: only its inputs)
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def init_decoder(cfg: DecoderIR, rng) -> dict:
@@ -91,21 +96,41 @@ def init_cache(cfg: DecoderIR, batch: int, max_len: int) -> list[dict]:
 
 
 def run_layers(
-    params: dict, cfg: DecoderIR, x: jax.Array, positions: jax.Array, context: Context
+    params: dict,
+    cfg: DecoderIR,
+    x: jax.Array,
+    positions: jax.Array,
+    context: Context,
+    scale: ScaleIR | None = None,
 ) -> list[jax.Array]:
     """x [B, T, D] at positions [B, T] through every layer -> hiddens, n_layers + 1 of [B, T, D].
 
     hiddens[0] = x, hiddens[l] = residual stream after layer l (before the final norm).
+    `scale` (training only): remat recomputes each layer in the backward pass; scan_layers
+    runs one lax.scan over the stacked layer weights, for a context that ignores the layer
+    index (it gets None).
     """
-    hiddens = [x]
-    for layer in range(cfg.n_layers):
-        p = params[f"layers_{layer}"]
+    scale = scale or ScaleIR()
+
+    def layer(p: dict, x: jax.Array, index: int | None) -> jax.Array:
         h = norm(p["attn_norm"], cfg, x)
         q, k, v = queries_keys_values(p["attn"], cfg, h, positions)  # [B, T, H|K, E]
-        keys, values, mask = context(layer, p, k, v)
+        keys, values, mask = context(index, p, k, v)
         o = attend(q, keys, values, mask, kernel=is_packed(p["attn"]))
         x = x + attn_out(p["attn"], o)
-        x = x + mlp(p["mlp"], cfg, norm(p["mlp_norm"], cfg, x))
+        return x + mlp(p["mlp"], cfg, norm(p["mlp_norm"], cfg, x))
+
+    if scale.remat != "none":
+        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[scale.remat], static_argnums=(2,))
+    layers = [params[f"layers_{i}"] for i in range(cfg.n_layers)]
+    if scale.scan_layers:
+        # a transient stacked copy of the layer weights; its gradient is unstacked again
+        stacked = jax.tree.map(lambda *w: jnp.stack(w), *layers)
+        _, xs = jax.lax.scan(lambda x, p: (layer(p, x, None),) * 2, x, stacked)
+        return [x, *xs]
+    hiddens = [x]
+    for index, p in enumerate(layers):
+        x = layer(p, x, index)
         hiddens.append(x)
     return hiddens
 
@@ -121,22 +146,28 @@ def default_positions(tokens: jax.Array) -> jax.Array:
 
 
 def decoder_forward(
-    params: dict, cfg: DecoderIR, tokens: jax.Array, positions: jax.Array | None = None
+    params: dict,
+    cfg: DecoderIR,
+    tokens: jax.Array,
+    positions: jax.Array | None = None,
+    scale: ScaleIR | None = None,
 ) -> tuple[jax.Array, list[jax.Array]]:
     """Teacher-forced causal pass. tokens [B, T] -> (logits [B, T, V] f32, hiddens).
 
     positions [B, T] default to 0..T-1; causality is by position, so any increasing
-    positions work.
+    positions work. `scale`: how a training forward runs (`run_layers`); its fused attention
+    serves the default positions.
     """
+    fused = positions is None and scale is not None and scale.attention == "fused"
     if positions is None:
         positions = default_positions(tokens)
     x = embed(params["embed"], cfg, tokens, positions)
-    mask = causal_mask(positions, positions)  # [B, T, T]
+    mask = Causal() if fused else causal_mask(positions, positions)  # [B, T, T]
 
     def self_context(layer, p, k, v):
         return k, v, mask
 
-    hiddens = run_layers(params, cfg, x, positions, self_context)
+    hiddens = run_layers(params, cfg, x, positions, self_context, scale)
     return logits_of(params, cfg, hiddens[-1]), hiddens
 
 

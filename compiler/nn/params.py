@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import jax
@@ -41,6 +42,13 @@ def init_params(prog: ProgramIR, rng) -> dict:
         dtype = prog.model(wiring.query).dtype
         params[proj.name] = init_projection(proj, wiring.wired_layers, _key(rng, proj.name), dtype)
     return params
+
+
+def init_model(prog: ProgramIR, name: str, seed: int = 0) -> dict:
+    """Model `name`'s random decoder params as `tandemc run` draws them (its `init.seed`, 0 by
+    default): `init_params(prog, PRNGKey(seed))[name]`, without drawing the other parts."""
+    one = dataclasses.replace(prog, models=(prog.model(name),), wirings=())
+    return init_params(one, jax.random.PRNGKey(seed))[name]
 
 
 def reduced_embedding(table: np.ndarray, d: int) -> np.ndarray:

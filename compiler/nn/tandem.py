@@ -16,11 +16,13 @@ mask: `tests/compiler/test_cache_rule.py` checks that the two agree.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from compiler.ir import DecoderIR, WiringIR
-from compiler.nn.attention import causal_mask, keys_values, tandem_mask, write_rows
+from compiler.ir import DecoderIR, ScaleIR, WiringIR
+from compiler.nn.attention import Causal, causal_mask, keys_values, tandem_mask, write_rows
 from compiler.nn.decoder import (
     decoder_block,
     decoder_forward,
@@ -85,18 +87,23 @@ def tandem_forward(
     large_hiddens: list[jax.Array],
     tokens: jax.Array,
     frontier: jax.Array,
+    scale: ScaleIR | None = None,
 ) -> jax.Array:
     """Teacher-forced Tandem M_S. tokens [B, T], frontier [B, T] -> logits [B, T, V] f32.
 
     large_hiddens: M_L's hiddens from `decoder_forward` over the same tokens (n_layers_L + 1
     of [B, T, D_L]); the caller applies stop_gradient when M_L is frozen. Unwired layers are
-    ordinary causal layers; wiring.kind == "none" is a plain causal pass.
+    ordinary causal layers; wiring.kind == "none" is a plain causal pass. `scale` as for
+    `run_layers`, but the layers stay unrolled (each reads its own large-model layer).
     """
     if wiring.kind == "none":
-        return decoder_forward(small_params, small_cfg, tokens)[0]
+        return decoder_forward(small_params, small_cfg, tokens, scale=scale)[0]
+    if scale is not None:
+        scale = dataclasses.replace(scale, scan_layers=False)
     positions = default_positions(tokens)  # [B, T]
     x = embed(small_params["embed"], small_cfg, tokens, positions)
-    causal = causal_mask(positions, positions)  # [B, T, T]
+    fused = scale is not None and scale.attention == "fused"
+    causal = Causal() if fused else causal_mask(positions, positions)  # unwired layers
     mixed = tandem_mask(frontier)  # [B, T, 2T]
 
     def tandem_context(layer, p, k, v):
@@ -110,7 +117,7 @@ def tandem_forward(
         values = jnp.concatenate([vm, v], axis=1)
         return keys, values, mixed
 
-    hiddens = run_layers(small_params, small_cfg, x, positions, tandem_context)
+    hiddens = run_layers(small_params, small_cfg, x, positions, tandem_context, scale)
     return logits_of(small_params, small_cfg, hiddens[-1])
 
 

@@ -1,7 +1,12 @@
-"""Token-level losses and metrics. logits [B, T, V] (float32), targets [B, T] int.
+"""Token-level losses and metrics. logits [B, T, V] (float32), targets [B, T] int (clean ids).
 
 A teacher's (reference) logits are either full [B, T, V] or a `TopK` of them, as a teacher
-cache stores them."""
+cache stores them.
+
+`weights` [B, T] (1.0: the loss counts the position, 0.0: it does not; `compiler.loss_mask`
+says which) makes every loss and metric a mean over the counted positions only (none counted:
+0). Without weights (None, a stage whose data carries no flags) each is the plain mean, the
+same computation as before masks existed, so plain-text training is unchanged bit for bit."""
 
 from __future__ import annotations
 
@@ -24,14 +29,32 @@ def top_k(logits: jax.Array, k: int) -> TopK:
     return TopK(values, indices.astype(jnp.int32))
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-token CE to the ground truth."""
+def masked_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """The mean of `values` over the positions whose weight is 1 (`weights`: the shape of
+    `values` or of its leading axes), 0 when none is; None: `jnp.mean(values)`, the very
+    computation the losses made before masks existed."""
+    if weights is None:
+        return jnp.mean(values)
+    weights = weights.astype(jnp.float32)
+    weights = weights.reshape(weights.shape + (1,) * (values.ndim - weights.ndim))
+    total = jnp.sum(values.astype(jnp.float32) * weights)
+    count = jnp.sum(jnp.broadcast_to(weights, values.shape))
+    return total / jnp.maximum(count, 1.0)
+
+
+def cross_entropy(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Mean next-token CE to the ground truth (over the counted positions)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+    return -masked_mean(jnp.take_along_axis(logp, targets[..., None], axis=-1), weights)
 
 
 def soft_cross_entropy(
-    logits: jax.Array, teacher_logits: jax.Array | TopK, temperature: float = 1.0
+    logits: jax.Array,
+    teacher_logits: jax.Array | TopK,
+    temperature: float = 1.0,
+    weights: jax.Array | None = None,
 ) -> jax.Array:
     """Mean CE(softmax(z_teacher / τ), p_student); the student's own logits are not
     tempered. The teacher side is a target: no gradient flows into it. A `TopK` teacher's
@@ -43,7 +66,7 @@ def soft_cross_entropy(
         logp = jnp.take_along_axis(logp, indices, axis=-1)
     else:
         target = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
-    return -jnp.mean(jnp.sum(target * logp, axis=-1))
+    return -masked_mean(jnp.sum(target * logp, axis=-1), weights)
 
 
 def distil_loss(
@@ -52,21 +75,24 @@ def distil_loss(
     teacher_logits: jax.Array | TopK,
     weight: float,
     temperature: float,
+    weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     """(1 - w) * CE(targets) + w * CE(softmax(z_teacher / τ), p_student) (Tandem-Distil)."""
-    ce = cross_entropy(logits, targets)
-    soft = soft_cross_entropy(logits, teacher_logits, temperature)
+    ce = cross_entropy(logits, targets, weights)
+    soft = soft_cross_entropy(logits, teacher_logits, temperature, weights)
     return (1.0 - weight) * ce + weight * soft, {"ce": ce, "distil": soft}
 
 
-def accuracy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.argmax(logits, axis=-1) == targets)
+def accuracy(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    return masked_mean(jnp.argmax(logits, axis=-1) == targets, weights)
 
 
-def agreement(logits: jax.Array, reference_logits: jax.Array | TopK) -> jax.Array:
+def agreement(
+    logits: jax.Array, reference_logits: jax.Array | TopK, weights: jax.Array | None = None
+) -> jax.Array:
     """How often the argmax equals the reference (teacher / large model) argmax."""
     if isinstance(reference_logits, TopK):
         reference = reference_logits.indices[..., 0]
     else:
         reference = jnp.argmax(reference_logits, axis=-1)
-    return jnp.mean(jnp.argmax(logits, axis=-1) == reference)
+    return masked_mean(jnp.argmax(logits, axis=-1) == reference, weights)

@@ -13,6 +13,12 @@ Objectives (ObjectiveIR.kind):
 With a teacher cache (TrainStageIR.teacher_cache) the train step's batch is a dict: the
 tokens and what the frozen model wrote for them (`compiler.train.teacher`), read instead of
 running it; evaluation still runs it.
+
+With TrainStageIR.loss_mask (set by the runtime when the stage's data can carry them: chat
+JSONL) the tokens may carry a no-loss flag (`compiler.loss_mask`; chat data trains on the
+assistant's replies only): every model reads the clean ids, and the loss and its metrics (CE,
+distillation, accuracy, agreement) are means over the counted target positions. Without it
+the program is exactly the unmasked one (plain text trains bit for bit as it always did).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from compiler import loss_mask
 from compiler.errors import IRInvariantError
 from compiler.ir import DecoderIR, ObjectiveIR, ProgramIR, TrainStageIR, WiringIR
 from compiler.nn import decoder_forward, tandem_forward, training_frontier
@@ -33,19 +40,21 @@ from tandem_dsl import rules
 @dataclass(frozen=True)
 class Objective:
     """One objective kind: whether its loss reads a teacher's logits, and the loss
-    (objective, logits, targets, teacher logits or None) -> (loss, named parts)."""
+    (objective, logits, targets (clean ids), teacher logits or None, weights [B, T] (1: the
+    position counts, 0: it does not; None: every position counts; pass them on to the
+    `losses` functions)) -> (loss, named parts)."""
 
     uses_teacher: bool
-    loss: Callable[[ObjectiveIR, jax.Array, jax.Array, jax.Array | None], tuple]
+    loss: Callable[[ObjectiveIR, jax.Array, jax.Array, jax.Array | None, jax.Array | None], tuple]
 
 
-def _ce(obj, logits, targets, reference):
-    loss = cross_entropy(logits, targets)
+def _ce(obj, logits, targets, reference, weights):
+    loss = cross_entropy(logits, targets, weights)
     return loss, {"ce": loss}
 
 
-def _distil(obj, logits, targets, reference):
-    return distil_loss(logits, targets, reference, obj.weight, obj.temperature)
+def _distil(obj, logits, targets, reference, weights):
+    return distil_loss(logits, targets, reference, obj.weight, obj.temperature, weights)
 
 
 # The spec names the kinds (tandem_dsl.model.OBJECTIVE_KINDS); each has one entry here.
@@ -127,6 +136,11 @@ def plan_stage(prog: ProgramIR, stage: TrainStageIR) -> StagePlan:
             f"stage {stage.name!r}: trainable {unused} get no gradient from the objective "
             f"(it can train {sorted(plan.learnable)}; a distillation teacher is only a target)"
         )
+    if stage.batch % stage.scale.grad_accum:
+        raise IRInvariantError(
+            f"stage {stage.name!r}: batch {stage.batch} does not split into "
+            f"{stage.scale.grad_accum} micro-batches"
+        )
     if stage.teacher_cache is not None:
         problem = rules.teacher_cache(
             memory and memory.name, teacher and teacher.name, stage.trainable
@@ -149,13 +163,16 @@ def forward(
     instead of running it.
     """
     b, t = inputs.shape
+    scale = plan.stage.scale
     memory_logits = None
     if plan.wiring is not None:
         w = plan.wiring
         if stored is not None:
             hiddens = stored_hiddens(plan, stored, frontier_rng)
         else:
-            memory_logits, hiddens = decoder_forward(params[plan.memory.name], plan.memory, inputs)
+            memory_logits, hiddens = decoder_forward(
+                params[plan.memory.name], plan.memory, inputs, scale=scale
+            )
         if plan.frozen(plan.memory.name):
             hiddens = jax.lax.stop_gradient(hiddens)
         if block is not None:
@@ -164,10 +181,10 @@ def forward(
             frontier = training_frontier(b, t, w.block, w.block_max, w.random_offset, frontier_rng)
         proj = params.get(w.projection.name)
         logits = tandem_forward(
-            params[plan.model.name], proj, plan.model, w, hiddens, inputs, frontier
+            params[plan.model.name], proj, plan.model, w, hiddens, inputs, frontier, scale
         )
     else:
-        logits = decoder_forward(params[plan.model.name], plan.model, inputs)[0]
+        logits = decoder_forward(params[plan.model.name], plan.model, inputs, scale=scale)[0]
     reference = None
     if stored is not None:
         reference = TopK(stored["top_values"], stored["top_indices"])
@@ -175,7 +192,9 @@ def forward(
         if plan.memory is not None and plan.teacher == plan.memory:
             reference = memory_logits
         else:
-            reference = decoder_forward(params[plan.teacher.name], plan.teacher, inputs)[0]
+            reference = decoder_forward(
+                params[plan.teacher.name], plan.teacher, inputs, scale=scale
+            )[0]
     elif memory_logits is not None:
         reference = memory_logits
     if reference is not None:
@@ -206,19 +225,25 @@ def stored_hiddens(plan: StagePlan, stored: dict, rng) -> dict:
 
 
 def loss_and_metrics(plan: StagePlan, logits, reference, targets) -> tuple[jax.Array, dict]:
+    """targets: as in the batch (with their no-loss flags under `stage.loss_mask`)."""
     obj = plan.stage.objective
-    metrics = {"accuracy": accuracy(logits, targets)}
-    loss, parts = OBJECTIVES[obj.kind].loss(obj, logits, targets, reference)
+    weights = None
+    if plan.stage.loss_mask:
+        weights = loss_mask.counted(targets).astype(jnp.float32)
+        targets = loss_mask.token_ids(targets)
+    metrics = {"accuracy": accuracy(logits, targets, weights)}
+    loss, parts = OBJECTIVES[obj.kind].loss(obj, logits, targets, reference, weights)
     metrics.update(parts)
     if reference is not None:
-        metrics["agreement"] = agreement(logits, reference)
+        metrics["agreement"] = agreement(logits, reference, weights)
     metrics["loss"] = loss
     return loss, metrics
 
 
 def make_loss_fn(prog: ProgramIR, stage: TrainStageIR, block: int | None = None):
-    """loss_fn(params, batch, rng) -> (loss, metrics). batch: tokens [B, T + 1], or with a
-    teacher cache the stored batch that `compiler.train.teacher` describes.
+    """loss_fn(params, batch, rng) -> (loss, metrics). batch: tokens [B, T + 1] (with no-loss
+    flags under `stage.loss_mask`, `compiler.loss_mask`), or with a teacher cache the stored
+    batch that `compiler.train.teacher` describes.
 
     params holds every model/projection by name; those not in stage.trainable are wrapped
     in stop_gradient, so even a gradient taken w.r.t. all params is zero for them, and so
@@ -235,6 +260,8 @@ def make_loss_fn(prog: ProgramIR, stage: TrainStageIR, block: int | None = None)
         if isinstance(batch, dict):
             stored, batch = batch, batch["tokens"]
         inputs, targets = batch[:, :-1], batch[:, 1:]
+        if stage.loss_mask:  # the models read clean ids; the loss reads the flags
+            inputs = loss_mask.token_ids(inputs)
         logits, reference = forward(plan, params, inputs, rng, block, stored)
         return loss_and_metrics(plan, logits, reference, targets)
 

@@ -74,11 +74,19 @@ def make_train_step(prog: ProgramIR, stage: TrainStageIR):
     opt = stage_optimizer(prog, stage)
     schedule = make_schedule(stage.optimizer, stage.steps)
 
-    def train_step(state: dict, batch: jax.Array, rng) -> tuple[dict, dict]:
-        def loss_of_trainable(trainable):
-            return loss_fn({**state["frozen"], **trainable}, batch, rng)
+    n_micro = stage.scale.grad_accum
 
-        grads, metrics = jax.grad(loss_of_trainable, has_aux=True)(state["params"])
+    def train_step(state: dict, batch: jax.Array, rng) -> tuple[dict, dict]:
+        def grads_of(batch, rng):
+            def loss_of_trainable(trainable):
+                return loss_fn({**state["frozen"], **trainable}, batch, rng)
+
+            return jax.grad(loss_of_trainable, has_aux=True)(state["params"])
+
+        if n_micro == 1:
+            grads, metrics = grads_of(batch, rng)
+        else:
+            grads, metrics = _accumulated(grads_of, batch, rng, n_micro)
         updates, opt_state = opt.update(grads, state["opt_state"], state["params"])
         new_state = {
             "step": state["step"] + 1,
@@ -90,6 +98,27 @@ def make_train_step(prog: ProgramIR, stage: TrainStageIR):
         return new_state, metrics
 
     return train_step
+
+
+def _accumulated(grads_of, batch, rng, n: int):
+    """The mean (grads, metrics) of `n` micro-batches, run one after another in a lax.scan.
+
+    Micro-batch i is rows i, i + n, ... of the batch (a stored batch: of each of its arrays):
+    a reshape [B] -> [B / n, n] keeps each device's rows of a batch split over `data` on that
+    device. Micro-batch i gets rng fold_in(rng, i).
+    """
+    micro = jax.tree.map(lambda a: a.reshape(-1, n, *a.shape[1:]).swapaxes(0, 1), batch)
+
+    def add(total, part_and_index):
+        part, i = part_and_index
+        summand = grads_of(part, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, total, summand), None
+
+    first = jax.tree.map(lambda a: a[0], micro)
+    shapes = jax.eval_shape(grads_of, first, rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(add, zeros, (micro, jnp.arange(n)))
+    return jax.tree.map(lambda x: x / n, total)
 
 
 def make_eval_step(prog: ProgramIR, stage: TrainStageIR, block: int | None = None):

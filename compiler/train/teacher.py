@@ -2,7 +2,8 @@
 batch, and the batch a cached train step reads.
 
 A stored batch is a flat dict (the store keeps one file per entry):
-  tokens         int32 [B, T + 1]   the training tokens
+  tokens         int32 [B, T + 1]   the training tokens (with their no-loss flags under
+                                    `stage.loss_mask`: the cached step masks its loss too)
   top_values     float32 [B, T, k]  the model's k largest logits per position, descending
   top_indices    int32 [B, T, k]    their token ids
   hidden_<layer> bfloat16 [B, T, D] the residual stream entering each wired layer (every
@@ -18,6 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from compiler import loss_mask
 from compiler.ir import ProgramIR, TrainStageIR
 from compiler.nn import decoder_forward
 from compiler.train.losses import top_k
@@ -54,7 +56,10 @@ def make_teacher_pass(prog: ProgramIR, stage: TrainStageIR):
     k = stored_k(prog, stage)
 
     def teacher_pass(params: dict, tokens: jax.Array) -> dict:
-        logits, hiddens = decoder_forward(params, cfg, tokens[:, :-1])
+        inputs = tokens[:, :-1]
+        if stage.loss_mask:  # the model reads clean ids (`compiler.loss_mask`)
+            inputs = loss_mask.token_ids(inputs)
+        logits, hiddens = decoder_forward(params, cfg, inputs)
         top = top_k(logits, k)
         return {
             "top_values": top.values,

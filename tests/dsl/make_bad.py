@@ -134,6 +134,9 @@ CASES = {
     "teacher_cache_nothing": BASE
     + "train:\n  - {name: s, trainable: [large], objective: {kind: ce, model: large}, "
     "steps: 2,\n     teacher_cache: {top_k: 8}}\n",
+    "grad_accum_split": BASE
+    + "train:\n  - {name: s, trainable: [large], objective: {kind: ce, model: large}, "
+    "steps: 2,\n     batch: 6, scale: {grad_accum: 4}}\n",
     "rope_scaling_bands": BASE.replace(
         "n_heads: 4}",
         "n_heads: 4,\n          rope_scaling: {factor: 8, high_freq_factor: 1, "

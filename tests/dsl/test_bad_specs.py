@@ -67,6 +67,7 @@ EXPECTED = {
     "override_type": ("E-SCHEMA-TYPE", 1, 14, "cli:1"),
     "projection_identity": ("E-CHECK-PROJECTION-INIT", 7, 39),
     "teacher_cache_nothing": ("E-CHECK-TEACHER-CACHE", 15, 21),
+    "grad_accum_split": ("E-CHECK-GRAD-ACCUM", 15, 36),
     "projection_endpoints": ("E-CHECK-PROJECTION-ENDPOINTS", 9, 40),
     "projection_hidden": ("E-CHECK-PROJECTION-HIDDEN", 7, 39),
     "range_layers": ("E-SCHEMA-RANGE", 5, 34),

@@ -24,6 +24,7 @@ def _older(config: dict) -> dict:
     for w in old["wiring"]:
         if w.get("projection"):
             w["projection"].pop("init")
+    old["data"].pop("text_field")
     return old
 
 

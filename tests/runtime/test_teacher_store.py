@@ -131,3 +131,12 @@ def test_the_train_bench_prints_live_and_cached_steps_side_by_side(trained, caps
     for row in rows[1:]:
         live, cached, speedup = row.split(" | ")[1:4]
         assert float(speedup.rstrip("x")) == pytest.approx(float(live) / float(cached), rel=0.1)
+
+
+def test_the_train_bench_times_a_stage_with_and_without_a_per_step_sync(capsys):
+    assert train_bench.main([str(MINI), "--sync", "large", "--steps", "2", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    synced, queued, ratio = rows[-1].split(" | ")[1:4]
+    assert rows[-1].startswith("| large |")
+    assert float(ratio.rstrip("x |")) == pytest.approx(float(queued) / float(synced), rel=0.01)
+    assert train_bench.main([str(MINI), "--sync", "nope"]) == 2
