@@ -4,7 +4,8 @@ Order of the token stream (documented because resuming depends on it):
 
 1. Epoch `e` visits every document once, in the order `default_rng((seed, e)).permutation(n)`.
    (A tuple, not `seed + e`: with a sum, seed 1's first epoch would be seed 0's second.)
-2. Each document is tokenized on its own (lazily, when the stream reaches it) and followed by a
+2. Each document is tokenized on its own (lazily, when the stream reaches it), led by the BOS
+   token where the tokenizer asks for one (`runtime.tokenizer.bos_prefix`), and followed by a
    separator: the tokenizer's EOS id, or the bytes of "\\n\\n" when it has none. A `.ids` file is
    already tokenized (little-endian int32 ids, e.g. generated text) and read as it is. Every
    record (non-blank line) of a `.jsonl` file is a document of its own (`Record`, see below).
@@ -58,11 +59,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.loss_mask import no_loss
+from compiler.loss_mask import no_loss, token_ids
 
 from .chat import ChatError, check_messages, json_kind, require_template, valid_text
 from .chat import encode as encode_chat
 from .errors import UserError
+from .tokenizer import bos_prefix
 
 STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
@@ -336,6 +338,8 @@ class TokenStream:
         setting = (
             f"{seed} {seq_len} {batch} {window} {loop} {tokenizer.name} {tokenizer.vocab_size}"
         )
+        if bos_prefix(tokenizer, None):  # documents start with BOS (others: unchanged)
+            setting += " bos"
         fields = sorted({d.field for d in self.docs if isinstance(d, Record)})
         if fields:  # what a record's tokens are depends on these too (plain files: unchanged)
             template = getattr(tokenizer, "chat_template", None) or ""
@@ -448,9 +452,12 @@ class TokenStream:
                 self._order = (epoch, order)
             path = self.docs[self._order[1][index]]
             tokens, chat = _tokens(self.tokenizer, path)
-            # no loss on predicting the separator after a chat: its replies end as the
-            # template ends a turn
-            tokens = np.concatenate([tokens, no_loss(self._sep) if chat else self._sep])
+            first = int(token_ids(tokens[0])) if len(tokens) else None
+            bos = np.array(bos_prefix(self.tokenizer, first), np.int32)
+            # no loss on predicting the separator after a chat (its replies end as the
+            # template ends a turn), nor on the BOS in front of one
+            sep = no_loss(self._sep) if chat else self._sep
+            tokens = np.concatenate([no_loss(bos) if chat else bos, tokens, sep])
             self._cache = (epoch, index, path, tokens)
         return self._cache[2], self._cache[3]
 

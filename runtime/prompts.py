@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .tokenizer import prompt_ids
 
 MAX_PROMPT_FILE_BYTES = 64 << 20
 CONVERT_HINT = (
@@ -36,10 +37,10 @@ CONVERT_HINT = (
 def code_before_def(tokenizer, lines: list[str], i: int, max_tokens: int) -> str | None:
     """Line i (a `def`) and as many whole lines before it as fit in max_tokens, or None."""
     start = i
-    while start > 0 and len(tokenizer.encode("".join(lines[start - 1 : i + 1]))) <= max_tokens:
+    while start > 0 and len(prompt_ids(tokenizer, "".join(lines[start - 1 : i + 1]))) <= max_tokens:
         start -= 1
     text = "".join(lines[start : i + 1])
-    return text if len(tokenizer.encode(text)) <= max_tokens else None
+    return text if len(prompt_ids(tokenizer, text)) <= max_tokens else None
 
 
 def chat_prompt(tokenizer, message: str) -> str:

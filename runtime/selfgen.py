@@ -28,6 +28,7 @@ import numpy as np
 from .data import TOKEN_IDS, document_keys
 from .errors import UserError
 from .prompts import chat_prompt, code_before_def
+from .tokenizer import prompt_ids
 
 
 def generated_documents(r, params: dict, log=print) -> list[Path]:
@@ -98,7 +99,7 @@ def _generate(r, params, train_docs, folder: Path, paths, missing: list[int], lo
     start = time.perf_counter()
     for done, k in enumerate(missing, 1):
         rows = prompts[k * g.batch : (k + 1) * g.batch]
-        ids = [r.tokenizer.encode(p) for p in rows]
+        ids = [prompt_ids(r.tokenizer, p) for p in rows]
         tokens = np.zeros((g.batch, width), np.int32)
         lens = np.ones((g.batch,), np.int32)  # rows past the prompts: one token, discarded
         for i, x in enumerate(ids):
@@ -230,6 +231,6 @@ def _chat_prompt(tokenizer, text: str, rng, max_tokens: int) -> list[str]:
         short = "\n".join(code.splitlines()[:cut]) if cut else code
         message = request.format(name=f.name, args=args, doc=doc[: 40 * (cut or 8)], code=short)
         prompt = chat_prompt(tokenizer, message)
-        if len(tokenizer.encode(prompt)) <= max_tokens:
+        if len(prompt_ids(tokenizer, prompt)) <= max_tokens:
             return [prompt]
     return []

@@ -19,6 +19,20 @@ EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<|im_end|>")
 TOKENIZER_FILE = "tokenizer.json"
 
 
+def bos_prefix(tokenizer, first: int | None) -> list[int]:
+    """[the BOS id] when the tokenizer asks for one in front of a text (`add_bos`: imported
+    Llama-style tokenizers) and the ids (starting with `first`) lack it, else []: what
+    transformers' tokenizer call adds. A chat template that renders the BOS itself gets none."""
+    bos = getattr(tokenizer, "bos_id", -1)
+    return [bos] if getattr(tokenizer, "add_bos", False) and bos >= 0 and first != bos else []
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """A prompt's ids as the model reads them: BOS first where the tokenizer asks for it."""
+    ids = tokenizer.encode(text)
+    return bos_prefix(tokenizer, ids[0] if ids else None) + ids
+
+
 class ByteTokenizer:
     """UTF-8 bytes as tokens: vocabulary 256, no EOS (documents are separated by blank lines)."""
 

@@ -3,8 +3,8 @@
 
 Both are `runtime.tokenizer.HFJsonTokenizer`s (so `encode`, `decode`, `encode_bytes`,
 `vocab_size`, `eos_id` follow the data pipeline's protocol) with `bos_id`, `add_bos` and the
-model's `chat_template` string added. `encode` never adds BOS: callers that need it (chat
-prompts of a model with `add_bos`) prepend `bos_id` themselves.
+model's `chat_template` string added. `encode` never adds BOS: prompts and training documents
+get it from `runtime.tokenizer.bos_prefix` when `add_bos` says so.
 """
 
 from __future__ import annotations
@@ -145,5 +145,13 @@ def hf_tokenizer(path: str | Path) -> ImportedTokenizer:
         bos_id=-1 if bos is None else bos,
         path=base.path,
         chat_template=tok_config.get("chat_template"),
-        add_bos=bool(tok_config.get("add_bos_token", False)),
+        add_bos=_adds_bos(tok, tok_config, bos),
     )
+
+
+def _adds_bos(tok, tok_config: dict, bos: int | None) -> bool:
+    """Whether transformers puts BOS in front of a text: tokenizer_config.json's
+    `add_bos_token` where it says (Llama 2), else tokenizer.json's post-processor (Llama 3)."""
+    if "add_bos_token" in tok_config:
+        return bool(tok_config["add_bos_token"])
+    return bos is not None and tok.encode("a", add_special_tokens=True).ids[:1] == [bos]
