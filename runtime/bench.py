@@ -32,6 +32,7 @@ from compiler.timing import timed_call
 
 from .errors import UserError
 from .prompts import chat_prompt, code_before_def, read_prompt_file
+from .tokenizer import prompt_ids
 
 
 def code_prompts(r, n: int, max_tokens: int) -> list[str]:
@@ -67,7 +68,7 @@ def file_prompts(r, path: str, max_tokens: int) -> list[tuple[str, str]]:
     out = []
     for p in read_prompt_file(path, field):
         text = p.text(r.tokenizer, field)
-        n = len(r.tokenizer.encode(text))
+        n = len(prompt_ids(r.tokenizer, text))
         if n > max_tokens:
             raise UserError(
                 f"{p.where}: the prompt has {n} tokens, at most {max_tokens} fit beside "
@@ -84,8 +85,12 @@ def kinds_of(prompts) -> list[str]:
     return list(dict.fromkeys(k for k, _ in prompts))
 
 
-def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str, DecodeIR]:
-    """Row name -> decode settings. The first row is the baseline."""
+def methods(
+    d: DecodeIR, gammas, drafter: str | None, lookup_n: int, tandem: bool = True
+) -> dict[str, DecodeIR]:
+    """Row name -> decode settings. The first row is the baseline. `tandem`: decode.draft is
+    a Tandem model (else its rows are plain "SPEED" rows)."""
+    speed = "Tandem + SPEED" if tandem else "SPEED"
     from .run import autoregressive
 
     base = dataclasses.replace(d, policy="speed", adaptive=None, draft_ngram=0, lookup=0)
@@ -99,7 +104,7 @@ def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str
             base, draft=drafter, gamma=g
         )
     for g in gammas:
-        out[f"Tandem + SPEED ({d.draft}) gamma={g}"] = dataclasses.replace(base, gamma=g)
+        out[f"{speed} ({d.draft}) gamma={g}"] = dataclasses.replace(base, gamma=g)
     if lookup_n:  # hybrid drafting: prompt lookup where it matches, the drafter elsewhere
         hybrid = dataclasses.replace(base, lookup=lookup_n)
         for g in gammas if drafter else ():
@@ -107,8 +112,8 @@ def methods(d: DecodeIR, gammas, drafter: str | None, lookup_n: int) -> dict[str
                 dataclasses.replace(hybrid, draft=drafter, gamma=g)
             )
         for g in gammas:
-            out[f"Tandem + SPEED + lookup n={lookup_n} ({d.draft}) gamma={g}"] = (
-                dataclasses.replace(hybrid, gamma=g)
+            out[f"{speed} + lookup n={lookup_n} ({d.draft}) gamma={g}"] = dataclasses.replace(
+                hybrid, gamma=g
             )
     return out
 
@@ -131,7 +136,9 @@ def run_bench(r) -> dict:
     widest = dataclasses.replace(d, gamma=longest)
     if getattr(b, "prompt_file", None):
         prompts += file_prompts(r, b.prompt_file, widest.prompt_budget(r.prog.max_len))
-    table = methods(d, b.gammas, b.drafter, b.prompt_lookup)
+    wiring = r.prog.wiring_of(d.draft)
+    tandem = wiring is not None and wiring.kind == "tandem"
+    table = methods(d, b.gammas, b.drafter, b.prompt_lookup, tandem)
     tokens, lens = encode_prompts(r, [p for _, p in prompts], widest)  # one width: one compile
     params, backend = {}, None
     for name, dec in table.items():  # packed once per model when the backend is the kernel
