@@ -40,7 +40,7 @@ def _quiet(stage: str, seconds: float, summary: str) -> None:
 
 
 def compile_spec(
-    spec_path: str | Path,
+    spec_path,
     out_dir: str | Path | None = None,
     overrides=(),
     programs: list[str] | None = None,
@@ -50,16 +50,18 @@ def compile_spec(
     log: Callable[[str, float, str], None] = _quiet,
     devices: int | None = None,
 ) -> CompileResult:
-    """Compiles a spec file; raises tandem_dsl SpecError for bad specs, ValueError for bad
+    """Compiles a spec (a file, a typed spec or a SpecBuilder: `tandem_dsl.api.checked`);
+    raises tandem_dsl SpecError for bad specs, ValueError for bad
     program names or an impossible mesh. `devices`: compile for that many devices (abstract
     ones when the machine has fewer)."""
     from .programs import programs_for
 
     result = CompileResult()
     start = time.perf_counter()
-    loaded = api.load_checked(spec_path, overrides)
+    loaded = api.checked(spec_path, overrides)
     result.spec = loaded.spec
-    log("check", time.perf_counter() - start, f"{spec_path}: load, validate, resolve, check ok")
+    where = spec_path if isinstance(spec_path, str | Path) else f"spec '{loaded.spec.name}'"
+    log("check", time.perf_counter() - start, f"{where}: load, validate, resolve, check ok")
     if stop_after in ("load", "check"):
         return result
 

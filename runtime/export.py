@@ -26,8 +26,9 @@ def export(
     run_dir: str | Path | None = None,
     log=print,
 ) -> dict:
-    """Writes model `model` of the spec as `fmt` ("hf" or "gguf") to `out`; returns what was
-    written: {"model", "format", "weights" (where they came from), "files", "tokenizer"}."""
+    """Writes model `model` of the spec (a file, a typed spec or a SpecBuilder) as `fmt` ("hf"
+    or "gguf") to `out`; returns what was written: {"model", "format", "weights" (where they
+    came from), "files", "tokenizer"}."""
     from compiler.build import build_ir
     from tandem_dsl import api
 
@@ -39,7 +40,7 @@ def export(
         raise UserError(
             f"unknown export format {fmt!r}", hint=f"--format {' or '.join(EXPORT_FORMATS)}"
         )
-    loaded = api.load_checked(spec_path, overrides)
+    loaded = api.checked(spec_path, overrides)
     spec, prog = loaded.spec, build_ir(loaded.spec)
     run_dir = Path(run_dir) if run_dir else Path("runs") / spec.name
     out = Path(out).expanduser()

@@ -236,3 +236,21 @@ def test_fine_tuned_weights_go_back_to_the_run(trained):
         run.use_params(r, "large", run.trained_params(r)["drafter"])
     with pytest.raises(UserError, match="no model 'huge'"):
         run.use_params(r, "huge", {})
+
+
+# --- compile and export take the same kinds of spec ------------------------------------------
+
+
+def test_compile_and_export_take_a_spec_object_or_a_builder(trained, tmp_path):
+    from compiler.driver import compile_spec
+    from runtime.export import export
+
+    spec = api.load(MINI, SHORT)
+    for source in (spec, _builder_of(MINI, SHORT)):
+        assert compile_spec(source, stop_after="check").spec == spec
+        folder = tmp_path / type(source).__name__
+        out = export(source, model="large", fmt="hf", out=folder, run_dir=trained.run_dir,
+                     log=quiet)  # fmt: skip
+        assert out["weights"].startswith("checkpoint") and (folder / "config.json").exists()
+    with pytest.raises(SpecError, match="Tandem small model"):  # located, as for the file
+        export(spec, model="small", fmt="hf", out=tmp_path / "small", run_dir=trained.run_dir)
