@@ -43,7 +43,7 @@ from . import checkpoint
 from .errors import UserError, at_field
 from .memory_budget import check_fits
 from .stage_config import differences, stage_config, upgrade
-from .tokenizer import bos_prefix
+from .tokenizer import prompt_ids
 from .train import StageResult, train_stage
 
 
@@ -438,8 +438,7 @@ def encode_prompts(r: Run, prompts: list[str], decode: DecodeIR) -> tuple[np.nda
     budget = decode.prompt_budget(r.prog.max_len)
     rows = []
     for i, text in enumerate(prompts):
-        ids = r.tokenizer.encode(text)
-        ids = bos_prefix(r.tokenizer, ids[0]) + ids if ids else ids
+        ids = prompt_ids(r.tokenizer, text)
         if not ids:
             raise UserError(f"prompt {i + 1} is empty: give some text to continue")
         if len(ids) > budget:
