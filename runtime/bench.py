@@ -80,6 +80,19 @@ def file_prompts(r, path: str, max_tokens: int) -> list[tuple[str, str]]:
     return out
 
 
+def bench_prompts(r, widest: DecodeIR) -> list[tuple[str, str]]:
+    """(kind, text) of the bench's prompts: `bench.code_prompts` held-out code prompts, the
+    chat messages and the prompt file's lines, each short enough for `widest` (the decode
+    settings with the longest gamma)."""
+    b = r.spec.bench
+    budget = min(256, r.prog.max_len - widest.max_new_tokens - widest.gamma - 2)
+    prompts = [("code", p) for p in code_prompts(r, b.code_prompts, budget)]
+    prompts += [("chat", chat_prompt(r.tokenizer, m)) for m in b.chat_prompts]
+    if getattr(b, "prompt_file", None):
+        prompts += file_prompts(r, b.prompt_file, widest.prompt_budget(r.prog.max_len))
+    return prompts
+
+
 def kinds_of(prompts) -> list[str]:
     """The prompt classes, in the order they first appear."""
     return list(dict.fromkeys(k for k, _ in prompts))
@@ -129,13 +142,8 @@ def run_bench(r) -> dict:
     if d.draft is None:
         raise UserError("the bench compares drafters: decode.draft must name a model")
     d = with_eos(r, d)
-    longest = max([*b.gammas, 4])
-    budget = min(256, r.prog.max_len - d.max_new_tokens - longest - 2)
-    prompts = [("code", p) for p in code_prompts(r, b.code_prompts, budget)]
-    prompts += [("chat", chat_prompt(r.tokenizer, m)) for m in b.chat_prompts]
-    widest = dataclasses.replace(d, gamma=longest)
-    if getattr(b, "prompt_file", None):
-        prompts += file_prompts(r, b.prompt_file, widest.prompt_budget(r.prog.max_len))
+    widest = dataclasses.replace(d, gamma=max([*b.gammas, 4]))
+    prompts = bench_prompts(r, widest)
     wiring = r.prog.wiring_of(d.draft)
     tandem = wiring is not None and wiring.kind == "tandem"
     table = methods(d, b.gammas, b.drafter, b.prompt_lookup, tandem)

@@ -97,7 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_run(sub)
 
 
-RUN_STAGES = ("train", "generate", "eval", "bench", "train-router", "bench-rules")
+RUN_STAGES = (
+    "train", "generate", "eval", "bench", "acceptance", "train-router", "bench-rules"
+)  # fmt: skip
 MAX_PROMPT_BYTES = 1 << 20
 DEFAULT_PROMPT = 'def read_config(path):\n    """Read a configuration file and return a dict."""\n'
 
@@ -228,6 +230,11 @@ def _run_stage(args, r, stage, prompts, write_json) -> int:
     if stage == "eval":
         out["eval"] = run.evaluate_stages(r)
         report.print_eval(out["eval"])
+    if stage == "acceptance":
+        from runtime.acceptance import run_acceptance
+
+        out["acceptance"] = run_acceptance(r)
+        report.print_acceptance(out["acceptance"])
     if stage == "bench" or (stage is None and r.prog.decode is not None):
         if r.spec.bench is not None:
             from runtime import bench

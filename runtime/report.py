@@ -130,6 +130,23 @@ def print_comparison(r, prompts, c: dict) -> None:
     console.print(prompts[0] + c["text"][0], markup=False)
 
 
+def print_acceptance(out: dict) -> None:
+    from runtime.acceptance import markdown
+
+    kinds = [p["kind"] for p in out["prompts"]]
+    counts = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
+    console.print(
+        f"\n[bold]{out['spec']}[/bold]: greedy drafts the target accepts on its own "
+        f"continuations of {len(kinds)} prompts ({counts}), {out['max_new_tokens']} new tokens, "
+        "by teacher forcing (no decode loop, no timing)"
+    )
+    console.print(markdown(out), markup=False)
+    console.print(
+        "tau counts the correction token; d = distance from the frontier (d=1: a round's "
+        "first draft); hybrid (lookup) rounds are not covered"
+    )
+
+
 def print_bench(r, out: dict) -> None:
     from runtime.bench import markdown
 

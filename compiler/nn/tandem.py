@@ -57,7 +57,6 @@ def training_frontier(
     sampled = block_max > block
     if (sampled or random_offset) and rng is None:
         raise ValueError("a sampled block length or random offset needs an rng")
-    t = jnp.arange(seq_len, dtype=jnp.int32)[None, :]  # [1, T]
     if sampled:
         k_gamma, rng = jax.random.split(rng)
         gamma = jax.random.randint(k_gamma, (batch, 1), block, block_max + 1, jnp.int32)
@@ -67,6 +66,15 @@ def training_frontier(
         offset = jax.random.randint(rng, (batch, 1), 0, jnp.iinfo(jnp.int32).max) % gamma
     else:
         offset = jnp.zeros((batch, 1), jnp.int32)
+    return frontier_grid(seq_len, gamma, offset)
+
+
+def frontier_grid(seq_len: int, gamma, offset) -> jax.Array:
+    """f(t) = max(floor((t - o) / γ) * γ + o, 0) for t < seq_len: blocks of γ tokens whose
+    first position is o mod γ. gamma, offset: ints or [B, 1] int arrays -> [B or 1, T] int32.
+    A decode round that starts at frontier f sees, at positions f .. f + γ - 1, exactly
+    what this grid with offset f mod γ gives them."""
+    t = jnp.arange(seq_len, dtype=jnp.int32)[None, :]
     f = jnp.floor_divide(t - offset, gamma) * gamma + offset  # floor, also for t < o
     return jnp.maximum(f, 0).astype(jnp.int32)
 

@@ -1,0 +1,203 @@
+"""`tandemc run SPEC acceptance`: how many of each drafter's greedy drafts the target would
+accept, measured by teacher forcing on the target's own greedy continuations of the bench
+prompts instead of by running the decode loop (seconds instead of the bench's minutes, so a
+drafter can be judged on many prompts).
+
+Why it is exact for greedy SPEED at a fixed gamma: a draft is accepted iff it equals the
+target's greedy token, so the tokens a drafter reads in every round are the target's own
+text. An independent drafter's draft at position t is then its causal argmax at t. A Tandem
+drafter's depends on the round's frontier f as well (M_L's states below f, its own from f
+on): that is the frontier grid of block G and offset f mod G (`frontier_grid`), so G
+teacher-forced passes give every round at every gamma <= G. The rounds are replayed with the
+decode loop's rules (the first round starts at the last prompt token; a round emits its
+accepted drafts and the correction; a row stops at EOS or max_new_tokens), which gives the
+bench's tau and acceptance by draft position, up to fp32 near-ties between a batched
+teacher-forced pass and the decode's step-by-step one. Prompt lookup and hybrid rounds are
+not covered: their drafts do not come from a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compiler.nn.decoder import decoder_forward
+from compiler.nn.tandem import frontier_grid, tandem_forward
+
+from .bench import bench_prompts, kinds_of
+from .errors import UserError
+
+
+def run_acceptance(r) -> dict:
+    from .run import encode_prompts, trained_params, with_eos
+
+    b, d = r.spec.bench, r.prog.decode
+    if b is None or d is None or d.draft is None:
+        raise UserError(
+            "acceptance needs a decode section with a draft model and a bench section (its "
+            "prompts and gammas)"
+        )
+    d = with_eos(r, d)
+    g_max = max(b.gammas)
+    prompts = bench_prompts(r, dataclasses.replace(d, gamma=max(g_max, 4)))
+    tokens, lens = encode_prompts(r, [p for _, p in prompts], d)
+    seqs = continuations(r, d, tokens, lens, g_max)
+    params = trained_params(r)
+    drafters = [d.draft, *([b.drafter] if b.drafter else [])]
+    out = {"spec": r.spec.name, "max_new_tokens": d.max_new_tokens, "gammas": list(b.gammas),
+           "prompts": [{"kind": k, "text": p} for k, p in prompts], "drafters": {}}  # fmt: skip
+    for name in drafters:
+        predict = _predictor(r.prog, name, g_max, d.draft_vocab)
+        preds = [np.asarray(predict(params, jnp.asarray(s[None]))) for s in seqs]
+        rows = {}
+        for g in b.gammas:
+            replays = [
+                replay(p, s, int(n), d.max_new_tokens, g, d.eos_id)
+                for p, s, n in zip(preds, seqs, lens, strict=True)
+            ]
+            kinds = ["all", *kinds_of(prompts)]
+            rows[g] = {kind: _totals(replays, prompts, kind) for kind in kinds}
+        out["drafters"][name] = {
+            "tandem": _is_tandem(r.prog, name),
+            "gammas": rows,
+            "agreement_by_distance": agreement_by_distance(
+                preds, seqs, lens, d.max_new_tokens, g_max
+            ),
+        }
+    return out
+
+
+def continuations(r, d, tokens, lens, extra: int) -> list[np.ndarray]:
+    """Each prompt's ids and the target's greedy continuation of max_new_tokens + extra tokens
+    (a round's last drafts are checked against tokens past max_new_tokens), not stopped at EOS
+    (nor are a round's drafts)."""
+    from compiler.sharded_programs import generate_program
+    from compiler.sharding import Sharder
+
+    from .run import autoregressive, decode_params
+
+    ref = dataclasses.replace(
+        autoregressive(d),
+        max_new_tokens=d.max_new_tokens + extra,
+        eos_id=-1,
+        sampling=dataclasses.replace(d.sampling, temperature=0.0),
+    )
+    params, backend = decode_params(r, ref)
+    fn = generate_program(r.prog, ref, Sharder.for_run(r.prog), batch=len(lens),
+                          packed=backend.packed)  # fmt: skip
+    out = fn(params, jnp.asarray(tokens), jnp.asarray(lens), jax.random.key(0))
+    gen = np.asarray(out.tokens)
+    return [np.concatenate([tokens[i, :n], gen[i]]).astype(np.int32) for i, n in enumerate(lens)]
+
+
+def _is_tandem(prog, name: str) -> bool:
+    w = prog.wiring_of(name)
+    return w is not None and w.kind == "tandem"
+
+
+def _predictor(prog, name: str, g_max: int, draft_vocab: int):
+    """jit(params, seq [1, T]) -> the drafter's greedy draft after each position [R, T]: R = 1
+    for an independent drafter; for a Tandem drafter row o is the round whose frontier is
+    o mod g_max. Drafts come from the first draft_vocab ids (all when 0), as in decoding."""
+    cfg = prog.model(name)
+    w = prog.wiring_of(name)
+    v = draft_vocab or cfg.vocab
+
+    def greedy(logits):
+        return jnp.argmax(logits[0, :, :v], axis=-1).astype(jnp.int32)
+
+    def predict(params, seq):
+        if not _is_tandem(prog, name):
+            return greedy(decoder_forward(params[name], cfg, seq)[0])[None]
+        _, hiddens = decoder_forward(params[w.memory], prog.model(w.memory), seq)
+        proj = params.get(w.projection.name)
+        rows = []
+        for o in range(g_max):
+            frontier = frontier_grid(seq.shape[1], g_max, o)
+            rows.append(greedy(tandem_forward(params[name], proj, cfg, w, hiddens, seq, frontier)))
+        return jnp.stack(rows)
+
+    return jax.jit(predict)
+
+
+def round_drafts(pred: np.ndarray, f: int, gamma: int) -> np.ndarray:
+    """The gamma drafts of a round that starts at frontier f, where it drafts from the target's
+    text (up to its first rejected draft)."""
+    return pred[f % len(pred), f : f + gamma]
+
+
+def replay(pred: np.ndarray, seq: np.ndarray, prompt_len: int, max_new: int, gamma: int,
+           eos: int) -> dict:  # fmt: skip
+    """The greedy SPEED rounds of one prompt (`compiler.decode.loops.speculative_step`):
+    rounds, round_tokens (accepted drafts + the correction, summed) and the rounds in which
+    draft i was accepted."""
+    rounds = tokens = 0
+    accepted = np.zeros(gamma, np.int64)
+    n = 0
+    while n < max_new:
+        f = prompt_len - 1 + n  # the round's first input, which the target has not read yet
+        drafts = round_drafts(pred, f, gamma)
+        k = 0
+        while k < gamma and drafts[k] == seq[f + k + 1]:
+            k += 1
+        accepted[:k] += 1
+        rounds += 1
+        tokens += k + 1
+        emitted = seq[f + 1 : f + k + 2]
+        n += k + 1
+        if eos >= 0 and (emitted == eos).any():
+            break
+    return {"rounds": rounds, "round_tokens": tokens, "accepted_by_pos": accepted}
+
+
+def _totals(replays: list[dict], prompts, kind: str) -> dict:
+    chosen = [x for x, (k, _) in zip(replays, prompts, strict=True) if kind in ("all", k)]
+    rounds = sum(x["rounds"] for x in chosen)
+    tokens = sum(x["round_tokens"] for x in chosen)
+    accepted = sum(x["accepted_by_pos"] for x in chosen)
+    return {
+        "rounds": rounds,
+        "round_tokens": tokens,
+        "tau": tokens / max(rounds, 1),
+        "acceptance_by_pos": (accepted / max(rounds, 1)).tolist(),
+    }
+
+
+def agreement_by_distance(preds, seqs, lens, max_new: int, g_max: int) -> list[float]:
+    """How often the drafter's greedy token equals the target's at distance d = 1..G from the
+    frontier (d = 1: the round's first draft), over every position of the continuations."""
+    hits, counts = np.zeros(g_max), np.zeros(g_max)
+    for pred, seq, n in zip(preds, seqs, lens, strict=True):
+        for d in range(g_max):
+            t = np.arange(int(n) - 1 + d, int(n) - 1 + max_new)  # frontiers from the prompt's end
+            row = (t - d) % len(pred)
+            hits[d] += (pred[row, t] == seq[t + 1]).sum()
+            counts[d] += len(t)
+    return (hits / np.maximum(counts, 1)).tolist()
+
+
+def markdown(out: dict) -> str:
+    """Two tables: tau and acceptance by draft position per drafter and gamma (with tau per
+    prompt class), then agreement with the target by distance from the frontier."""
+    kinds = kinds_of((p["kind"], p["text"]) for p in out["prompts"])
+    g_max = max(out["gammas"])
+    head = ["drafter", "gamma", "tau", *[f"tau {k}" for k in kinds]]
+    head += ["acceptance by draft position", "rounds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in out["drafters"].items():
+        label = f"{name} ({'Tandem' if row['tandem'] else 'independent'})"
+        for g, by_kind in row["gammas"].items():
+            cells = [label, str(g), f"{by_kind['all']['tau']:.2f}"]
+            cells += [f"{by_kind[k]['tau']:.2f}" for k in kinds]
+            cells += [" ".join(f"{a:.2f}" for a in by_kind["all"]["acceptance_by_pos"])]
+            cells += [str(by_kind["all"]["rounds"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    head = ["drafter", *[f"d={i + 1}" for i in range(g_max)]]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in out["drafters"].items():
+        cells = [name, *[f"{a:.3f}" for a in row["agreement_by_distance"]]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

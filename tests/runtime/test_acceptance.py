@@ -1,0 +1,155 @@
+"""`tandemc run SPEC acceptance`: the greedy SPEED rounds replayed from teacher-forced passes
+on the target's own text give the same rounds, tokens and accepted drafts by position as the
+decode loop itself, for a Tandem drafter (whose drafts depend on each round's frontier) and
+an independent one, at several gammas and with EOS stops; and the command prints its tables.
+
+The models are tiny and briefly trained (so drafts are accepted often enough to test the
+replay), in one module-scoped run."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from compiler.decode import loops
+from compiler.decode.drafting import draft_head
+from compiler.decode.programs import loop_config
+from runtime import acceptance, bench, run
+from runtime.cli import main
+
+SPEC = """
+tandem: 1
+name: tiny-acceptance
+data: {corpus: stdlib, seq_len: 32}
+tokenizer: {kind: byte}
+models:
+  large: {d_model: 32, n_layers: 2, n_heads: 2, tie_embeddings: false}
+  small: {d_model: 16, n_layers: 2, n_heads: 2, tie_embeddings: false}
+  drafter: {d_model: 16, n_layers: 1, n_heads: 2}
+projections:
+  l2s: {from: large, to: small}
+wiring:
+  - {query: small, memory: large, via: l2s, layers: "small[0:2] <- large[1:3]", block: 1,
+     block_max: 3}
+  - {kind: none, query: drafter}
+train:
+  - {name: large, trainable: [large], objective: {kind: ce, model: large}, steps: 60, batch: 8}
+  - {name: small, trainable: [small, l2s], steps: 40, batch: 8,
+     objective: {kind: distil, model: small, teacher: large}}
+  - {name: drafter, trainable: [drafter], steps: 40, batch: 8,
+     objective: {kind: distil, model: drafter, teacher: large}}
+decode: {policy: speed, target: large, draft: small, gamma: 2, max_new_tokens: 24,
+         backend: xla}
+bench: {gammas: [1, 3], drafter: drafter, code_prompts: 2, repeats: 1}
+shapes: {batch: 1, max_len: 160}
+"""
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("acceptance")
+    spec = folder / "tiny.yaml"
+    spec.write_text(SPEC)
+    r = run.open_run(spec, run_dir=folder / "run", log=lambda *a: None)
+    run.train(r)
+    return spec, r
+
+
+def _decoded(r, params, draft: str, gamma: int, eos: int, prompts) -> list[tuple]:
+    """The decode loop itself, one prompt at a time (batch 1, as the bench runs) and one round
+    at a time: per prompt its stats and each round's (frontier, drafts, accepted count)."""
+    d = dataclasses.replace(r.prog.decode, draft=draft, gamma=gamma, eos_id=eos)
+    cfg = loop_config(r.prog, d)
+    params = draft_head(cfg, params)
+    prefill = jax.jit(functools.partial(loops.prefill, cfg))
+    step = jax.jit(functools.partial(loops.speculative_step, cfg))
+    out = []
+    for text in prompts:
+        tokens, lens = run.encode_prompts(r, [text], d)
+        state = prefill(params, jnp.asarray(tokens), jnp.asarray(lens), KEY)
+        rounds = []
+        while not bool(state.done[0]):
+            f, n = int(state.frontier[0]), int(state.n[0])
+            state, drafts, _ = step(params, state)
+            rounds.append((f, np.asarray(drafts.tokens[0]), int(state.n[0]) - n - 1))
+        s = run.decode_stats([loops.finalize(cfg, state)], 1.0)
+        out.append(((s["rounds"], s["round_tokens"], s["accepted_by_pos"]), rounds))
+    return out
+
+
+NEWLINE = ord("\n")
+CASES = [  # (drafter, its weights, gamma, EOS id)
+    ("small", "trained", 3, -1),
+    ("small", "trained", 3, NEWLINE),
+    ("drafter", "trained", 3, -1),
+    ("drafter", "trained", 1, NEWLINE),
+    ("small", "probe", 3, -1),
+]
+
+
+def _probe(spec, folder):
+    """Untrained weights (the untied large model writes varied text) and a Tandem model with
+    zero token embeddings: its attention is uniform over what it may read, so its drafts hang
+    on how much of M_L's memory the round's frontier shows it."""
+    r = run.open_run(spec, run_dir=folder / "probe", log=lambda *a: None)
+    params = run.initial_params(r)
+    small = params["small"]
+    tokens = small["embed"]["tokens"]
+    r.params = {**params, "small": {**small, "embed": {**small["embed"], "tokens": 0 * tokens}}}
+    return r
+
+
+def test_replay_equals_the_decode_loop(trained, tmp_path):
+    """Tau, rounds and accepted drafts by position replayed from teacher-forced drafts equal
+    the loop's; so do the drafts themselves, up to a round's first rejected one (after it the
+    loop drafts from its own tokens). The trained models get drafts accepted often; the probe
+    checks that each round reads the frontier's row."""
+    spec, trained_run = trained
+    runs = {"trained": trained_run, "probe": _probe(spec, tmp_path)}
+    accepted = checked = frontier_bound = 0
+    for draft, which, gamma, eos in CASES:
+        r = runs[which]
+        d = r.prog.decode
+        prompts = [p for _, p in bench.bench_prompts(r, dataclasses.replace(d, gamma=4))]
+        tokens, lens = run.encode_prompts(r, prompts, d)
+        seqs = acceptance.continuations(r, d, tokens, lens, 3)
+        predict = acceptance._predictor(r.prog, draft, 3, 0)
+        preds = [np.asarray(predict(run.trained_params(r), s[None])) for s in seqs]
+        assert preds[0].shape[0] == (3 if draft == "small" else 1)
+        loop = _decoded(r, run.trained_params(r), draft, gamma, eos, prompts)
+        for i, (pred, seq, n) in enumerate(zip(preds, seqs, lens, strict=True)):
+            stats, rounds = loop[i]
+            x = acceptance.replay(pred, seq, int(n), d.max_new_tokens, gamma, eos)
+            assert (x["rounds"], x["round_tokens"], x["accepted_by_pos"].tolist()) == stats
+            for f, drafts, k in rounds:
+                want = acceptance.round_drafts(pred, f, min(k + 1, gamma))
+                assert drafts[: len(want)].tolist() == want.tolist(), (draft, which, gamma, i, f)
+                checked += len(want)
+                frontier_bound += int((pred[:, f] != pred[f % len(pred), f]).any())
+            accepted += sum(stats[2])
+    assert accepted > 50 and checked > 120  # accepted often enough for the replay to matter
+    assert frontier_bound > 5  # first drafts that another frontier would have changed
+
+
+def test_the_command_prints_both_tables(trained, capsys, tmp_path):
+    spec, r = trained
+    out_json = tmp_path / "out.json"
+    argv = ["run", str(spec), "acceptance", "--run-dir", str(r.run_dir), "--json", str(out_json)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| drafter | gamma | tau | tau code |" in text
+    assert "| drafter | d=1 | d=2 | d=3 |" in text
+    got = json.loads(out_json.read_text())["acceptance"]
+    small = got["drafters"]["small"]
+    assert small["tandem"] and not got["drafters"]["drafter"]["tandem"]
+    assert set(small["gammas"]) == {"1", "3"}
+    for by_kind in small["gammas"].values():
+        assert by_kind["all"]["tau"] >= 1 and by_kind["all"]["rounds"] > 0
+    assert all(0 <= a <= 1 for a in small["agreement_by_distance"])
