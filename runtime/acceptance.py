@@ -50,8 +50,7 @@ def run_acceptance(r) -> dict:
     out = {"spec": r.spec.name, "max_new_tokens": d.max_new_tokens, "gammas": list(b.gammas),
            "prompts": [{"kind": k, "text": p} for k, p in prompts], "drafters": {}}  # fmt: skip
     for name in drafters:
-        predict = _predictor(r.prog, name, g_max, d.draft_vocab)
-        preds = [np.asarray(predict(params, jnp.asarray(s[None]))) for s in seqs]
+        preds = greedy_drafts(r.prog, name, params, seqs, g_max, d.draft_vocab)
         rows = {}
         for g in b.gammas:
             replays = [
@@ -91,6 +90,16 @@ def continuations(r, d, tokens, lens, extra: int) -> list[np.ndarray]:
     out = fn(params, jnp.asarray(tokens), jnp.asarray(lens), jax.random.key(0))
     gen = np.asarray(out.tokens)
     return [np.concatenate([tokens[i, :n], gen[i]]).astype(np.int32) for i, n in enumerate(lens)]
+
+
+def greedy_drafts(prog, name: str, params, seqs, g_max: int, draft_vocab: int) -> list:
+    """Per sequence, the drafter's greedy draft after each position [R, T] (`_predictor`).
+    The sequences are padded to one width (one compile; causal, so the zeros after a
+    sequence change nothing before them)."""
+    predict = _predictor(prog, name, g_max, draft_vocab)
+    width = max(len(s) for s in seqs)
+    padded = [jnp.asarray(np.pad(s, (0, width - len(s)))[None]) for s in seqs]
+    return [np.asarray(predict(params, p))[:, : len(s)] for p, s in zip(padded, seqs, strict=True)]
 
 
 def _is_tandem(prog, name: str) -> bool:

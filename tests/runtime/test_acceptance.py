@@ -120,8 +120,7 @@ def test_replay_equals_the_decode_loop(trained, tmp_path):
         prompts = [p for _, p in bench.bench_prompts(r, dataclasses.replace(d, gamma=4))]
         tokens, lens = run.encode_prompts(r, prompts, d)
         seqs = acceptance.continuations(r, d, tokens, lens, 3)
-        predict = acceptance._predictor(r.prog, draft, 3, 0)
-        preds = [np.asarray(predict(run.trained_params(r), s[None])) for s in seqs]
+        preds = acceptance.greedy_drafts(r.prog, draft, run.trained_params(r), seqs, 3, 0)
         assert preds[0].shape[0] == (3 if draft == "small" else 1)
         loop = _decoded(r, run.trained_params(r), draft, gamma, eos, prompts)
         for i, (pred, seq, n) in enumerate(zip(preds, seqs, lens, strict=True)):
