@@ -3,8 +3,8 @@ on the target's own text give the same rounds, tokens and accepted drafts by pos
 decode loop itself, for a Tandem drafter (whose drafts depend on each round's frontier) and
 an independent one, at several gammas and with EOS stops; and the command prints its tables.
 
-The models are tiny and briefly trained (so drafts are accepted often enough to test the
-replay), in one module-scoped run."""
+The models are tiny: briefly trained in one module-scoped run (so drafts are accepted often
+enough to test the replay), and an untrained probe whose drafts depend on the frontier."""
 
 from __future__ import annotations
 
