@@ -350,3 +350,8 @@ class ProgramIR:
             if w.query == query:
                 return w
         return None
+
+    def is_tandem(self, query: str) -> bool:
+        """Does model `query` read another model's hidden states (Tandem wiring)?"""
+        w = self.wiring_of(query)
+        return w is not None and w.kind == "tandem"

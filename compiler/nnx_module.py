@@ -153,10 +153,10 @@ def standalone_model(prog: ProgramIR, name: str) -> DecoderIR:
     names = [m.name for m in prog.models]
     if name not in names:
         raise InputError(f"no model '{name}' in spec '{prog.name}' (models: {', '.join(names)})")
-    wiring = prog.wiring_of(name)
-    if wiring is not None and wiring.kind == "tandem":
+    if prog.is_tandem(name):
         raise InputError(
-            f"model '{name}' is a Tandem model (its layers attend to '{wiring.memory}'): "
+            f"model '{name}' is a Tandem model (its layers attend to "
+            f"'{prog.wiring_of(name).memory}'): "
             "DecoderModule holds a model that runs alone"
         )
     return prog.model(name)

@@ -52,15 +52,15 @@ def run_acceptance(r) -> dict:
     for name in drafters:
         preds = greedy_drafts(r.prog, name, params, seqs, g_max, d.draft_vocab)
         rows = {}
+        kinds = ["all", *kinds_of(prompts)]
         for g in b.gammas:
             replays = [
                 replay(p, s, int(n), d.max_new_tokens, g, d.eos_id)
                 for p, s, n in zip(preds, seqs, lens, strict=True)
             ]
-            kinds = ["all", *kinds_of(prompts)]
             rows[g] = {kind: _totals(replays, prompts, kind) for kind in kinds}
         out["drafters"][name] = {
-            "tandem": _is_tandem(r.prog, name),
+            "tandem": r.prog.is_tandem(name),
             "gammas": rows,
             "agreement_by_distance": agreement_by_distance(
                 preds, seqs, lens, d.max_new_tokens, g_max
@@ -102,11 +102,6 @@ def greedy_drafts(prog, name: str, params, seqs, g_max: int, draft_vocab: int) -
     return [np.asarray(predict(params, p))[:, : len(s)] for p, s in zip(padded, seqs, strict=True)]
 
 
-def _is_tandem(prog, name: str) -> bool:
-    w = prog.wiring_of(name)
-    return w is not None and w.kind == "tandem"
-
-
 def _predictor(prog, name: str, g_max: int, draft_vocab: int):
     """jit(params, seq [1, T]) -> the drafter's greedy draft after each position [R, T]: R = 1
     for an independent drafter; for a Tandem drafter row o is the round whose frontier is
@@ -119,7 +114,7 @@ def _predictor(prog, name: str, g_max: int, draft_vocab: int):
         return jnp.argmax(logits[0, :, :v], axis=-1).astype(jnp.int32)
 
     def predict(params, seq):
-        if not _is_tandem(prog, name):
+        if not prog.is_tandem(name):
             return greedy(decoder_forward(params[name], cfg, seq)[0])[None]
         _, hiddens = decoder_forward(params[w.memory], prog.model(w.memory), seq)
         proj = params.get(w.projection.name)

@@ -144,9 +144,7 @@ def run_bench(r) -> dict:
     d = with_eos(r, d)
     widest = dataclasses.replace(d, gamma=max([*b.gammas, 4]))
     prompts = bench_prompts(r, widest)
-    wiring = r.prog.wiring_of(d.draft)
-    tandem = wiring is not None and wiring.kind == "tandem"
-    table = methods(d, b.gammas, b.drafter, b.prompt_lookup, tandem)
+    table = methods(d, b.gammas, b.drafter, b.prompt_lookup, r.prog.is_tandem(d.draft))
     tokens, lens = encode_prompts(r, [p for _, p in prompts], widest)  # one width: one compile
     params, backend = {}, None
     for name, dec in table.items():  # packed once per model when the backend is the kernel

@@ -130,14 +130,19 @@ def print_comparison(r, prompts, c: dict) -> None:
     console.print(prompts[0] + c["text"][0], markup=False)
 
 
+def _prompt_counts(out: dict) -> str:
+    """'26 prompts (12 code, 14 chat)' for a bench or acceptance result."""
+    kinds = [p["kind"] for p in out["prompts"]]
+    counts = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
+    return f"{len(kinds)} prompts ({counts})"
+
+
 def print_acceptance(out: dict) -> None:
     from runtime.acceptance import markdown
 
-    kinds = [p["kind"] for p in out["prompts"]]
-    counts = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
     console.print(
         f"\n[bold]{out['spec']}[/bold]: greedy drafts the target accepts on its own "
-        f"continuations of {len(kinds)} prompts ({counts}), {out['max_new_tokens']} new tokens, "
+        f"continuations of {_prompt_counts(out)}, {out['max_new_tokens']} new tokens, "
         "by teacher forcing (no decode loop, no timing)"
     )
     console.print(markdown(out), markup=False)
@@ -150,10 +155,8 @@ def print_acceptance(out: dict) -> None:
 def print_bench(r, out: dict) -> None:
     from runtime.bench import markdown
 
-    kinds = [p["kind"] for p in out["prompts"]]
-    counts = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
     console.print(
-        f"\n[bold]{out['spec']}[/bold]: {len(kinds)} prompts ({counts}), "
+        f"\n[bold]{out['spec']}[/bold]: {_prompt_counts(out)}, "
         f"batch 1, {out['max_new_tokens']} new tokens, greedy, "
         f"fastest of {out['repeats']} interleaved runs, on {out['device']}"
     )
