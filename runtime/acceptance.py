@@ -65,6 +65,7 @@ def run_acceptance(r) -> dict:
             "agreement_by_distance": agreement_by_distance(
                 preds, seqs, lens, d.max_new_tokens, g_max
             ),
+            "first_draft_by_position": first_draft_by_position(preds, seqs, lens, d.max_new_tokens),
         }
     return out
 
@@ -183,9 +184,28 @@ def agreement_by_distance(preds, seqs, lens, max_new: int, g_max: int) -> list[f
     return (hits / np.maximum(counts, 1)).tolist()
 
 
+POSITION_BUCKET = 128  # tokens; the flagship trains on windows of 128
+
+
+def first_draft_by_position(preds, seqs, lens, max_new: int) -> list[dict]:
+    """Agreement at distance 1 (a round's first draft) by the frontier's position in the
+    sequence, in buckets of POSITION_BUCKET tokens: whether a drafter keeps up past the window
+    length it was trained on. [{"start", "agreement", "count"}] for each bucket that occurs."""
+    hits, counts = {}, {}
+    for pred, seq, n in zip(preds, seqs, lens, strict=True):
+        t = np.arange(int(n) - 1, int(n) - 1 + max_new)
+        ok = pred[t % len(pred), t] == seq[t + 1]
+        for b, h in zip(t // POSITION_BUCKET, ok, strict=True):
+            hits[b] = hits.get(b, 0) + int(h)
+            counts[b] = counts.get(b, 0) + 1
+    return [{"start": int(b) * POSITION_BUCKET, "agreement": hits[b] / counts[b],
+             "count": counts[b]} for b in sorted(counts)]  # fmt: skip
+
+
 def markdown(out: dict) -> str:
-    """Two tables: tau and acceptance by draft position per drafter and gamma (with tau per
-    prompt class), then agreement with the target by distance from the frontier."""
+    """Three tables: tau and acceptance by draft position per drafter and gamma (with tau per
+    prompt class), agreement with the target by distance from the frontier, and first-draft
+    agreement by position in the sequence (with the number of rounds' frontiers)."""
     kinds = kinds_of((p["kind"], p["text"]) for p in out["prompts"])
     g_max = max(out["gammas"])
     head = ["drafter", "gamma", "tau", *[f"tau {k}" for k in kinds]]
@@ -203,5 +223,16 @@ def markdown(out: dict) -> str:
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in out["drafters"].items():
         cells = [name, *[f"{a:.3f}" for a in row["agreement_by_distance"]]]
+        lines.append("| " + " | ".join(cells) + " |")
+    starts = sorted({b["start"] for row in out["drafters"].values()
+                     for b in row["first_draft_by_position"]})  # fmt: skip
+    head = ["drafter (d=1) at position", *[f"{s}-{s + POSITION_BUCKET - 1}" for s in starts]]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in out["drafters"].items():
+        by_start = {b["start"]: b for b in row["first_draft_by_position"]}
+        cells = [name] + [
+            f"{by_start[s]['agreement']:.3f} ({by_start[s]['count']})" if s in by_start else "-"
+            for s in starts
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -152,3 +152,20 @@ def test_the_command_prints_both_tables(trained, capsys, tmp_path):
     for by_kind in small["gammas"].values():
         assert by_kind["all"]["tau"] >= 1 and by_kind["all"]["rounds"] > 0
     assert all(0 <= a <= 1 for a in small["agreement_by_distance"])
+    assert "| drafter (d=1) at position | 0-127 |" in text
+    buckets = small["first_draft_by_position"]
+    rounds = sum(b["count"] for b in buckets)
+    by_position = sum(b["agreement"] * b["count"] for b in buckets) / rounds
+    assert by_position == pytest.approx(small["agreement_by_distance"][0])
+
+
+def test_first_draft_by_position_buckets_the_frontier():
+    """A drafter right up to position 127 and wrong after: the buckets tell the two apart."""
+    seq = np.arange(1, 301, dtype=np.int32)
+    pred = (seq + 1)[None].copy()  # the draft after position t is seq[t + 1]
+    pred[0, 128:] = 0
+    got = acceptance.first_draft_by_position([pred], [seq], [100], 150)
+    assert got == [
+        {"start": 0, "agreement": 1.0, "count": 29},  # frontiers 99..127
+        {"start": 128, "agreement": 0.0, "count": 121},  # frontiers 128..248
+    ]
