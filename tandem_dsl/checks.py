@@ -754,3 +754,13 @@ def data(ctx: Context):
             "use an imported model's gguf or hf-json tokenizer, or set chat_prompts: 0",
         )
     ctx.model_ref(g.model, p + ("model",))
+    for i, stage in enumerate(ctx.spec.train):
+        rows = g.share * stage.batch  # a batch row is generated text or corpus, never both
+        if abs(rows - round(rows)) > 1e-9:
+            ctx.error(
+                "E-CHECK-DATA",
+                f"data.generated.share {g.share:g} of train[{i}]'s batch {stage.batch} is "
+                f"{rows:g} rows: each row comes whole from the generated text or the corpus",
+                p + ("share",),
+                f"pick a share that gives whole rows, e.g. {round(rows) / stage.batch:g}",
+            )

@@ -107,6 +107,11 @@ CASES = {
     "generated_model": BASE.replace(
         "data: {seq_len: 64}", "data: {seq_len: 64, generated: {model: lage, chat_prompts: 0}}"
     ),
+    "generated_share": BASE.replace(
+        "data: {seq_len: 64}",
+        "data: {seq_len: 64, generated: {model: large, chat_prompts: 0, share: 0.75}}",
+    )
+    + "train:\n  - {name: s, trainable: [small, l2s], steps: 2, batch: 2}\n",
     "include_missing": BASE.replace("name: bad\n", "name: bad\ninclude: [nowhere.yaml]\n"),
     "include_cycle": "tandem: 1\nname: bad\ninclude: [includes/cycle_a.yaml]\n",
     "bench_drafter": BASE + "bench: {drafter: drafer}\n",

@@ -41,6 +41,7 @@ EXPECTED = {
     "generated_chat": ("E-CHECK-DATA", 11, 61),
     "generated_empty": ("E-CHECK-DATA", 11, 32),
     "generated_model": ("E-CHECK-UNKNOWN-MODEL", 11, 40),
+    "generated_share": ("E-CHECK-DATA", 11, 71),
     "heads_dim": ("E-CHECK-HEAD-DIM", 4, 46),
     "include_cycle": ("E-INCLUDE-CYCLE", 1, 11, "includes/cycle_b.yaml"),
     "include_missing": ("E-INCLUDE-MISSING", 3, 11),
