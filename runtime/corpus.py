@@ -11,6 +11,10 @@ import numpy as np
 from .data import Prefetcher, Record, TokenStream, list_documents, split_documents
 from .errors import UserError, at_field
 
+# The stdlib's held-out split starts with a 10k-token character table: read in order, the
+# flagship's 4 validation batches were all that one file.
+VAL_SPREAD = 64
+
 
 class _Resumable:
     """Prefetched training batches that report the data position of the last batch taken."""
@@ -128,21 +132,28 @@ class SpecData:
         return _Resumable(MixedStream(streams), field)
 
     def validation(self, seq_len: int, batch: int, n_batches: int, field: tuple = ()) -> list:
-        """Up to n_batches held-out batches; none with data.val_fraction 0."""
+        """Up to n_batches held-out batches, their rows spread evenly over the split's first
+        VAL_SPREAD x that many rows (in packing order), so that one long file does not fill
+        every batch; none with data.val_fraction 0."""
         if not self.val_docs:
             return []
         stream = TokenStream(
-            self.val_docs, self.tokenizer, seq_len=seq_len, batch=batch, seed=self.seed,
-            loop=False, window=1, max_batches=n_batches,
+            self.val_docs, self.tokenizer, seq_len=seq_len, batch=1, seed=self.seed,
+            loop=False, window=1, max_batches=VAL_SPREAD * batch * n_batches,
         )  # fmt: skip
         try:
-            return list(stream)
+            rows = np.concatenate(list(stream))
+            if len(rows) < batch:
+                raise ValueError(f"fewer tokens than one batch ({batch} x {seq_len + 1})")
         except ValueError as e:
             raise UserError(
                 f"validation data: {e}",
                 field=field or ("data", "val_fraction"),
                 hint="raise data.val_fraction, add data, or lower this stage's batch or seq_len",
             ) from None
+        n = min(n_batches, len(rows) // batch) * batch
+        picked = rows[np.arange(n) * len(rows) // n]
+        return list(picked.reshape(-1, batch, seq_len + 1))
 
 
 def data_for_spec(spec, tokenizer, generated: list[Path] = ()) -> SpecData:

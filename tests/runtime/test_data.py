@@ -3,10 +3,12 @@
 import itertools
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from runtime.corpus import SpecData
 from runtime.data import (
     Prefetcher,
     document_keys,
@@ -177,6 +179,21 @@ def test_validation_is_one_pass_and_bounded(tiny):
     assert len(list(make_batches(tiny, BYTE, seq_len=16, batch=2, train=False, max_batches=3))) == 3
     with pytest.raises(ValueError, match="fewer tokens than one batch"):
         next(make_batches(tiny, BYTE, seq_len=1000, batch=8, train=False))
+
+
+def test_validation_batches_spread_over_the_held_out_files(tmp_path):
+    """Held-out files longer than the rows evaluated: the rows come from several files, not
+    all from the first."""
+    for i in range(20):
+        (tmp_path / f"{i:02d}.txt").write_text(chr(ord("a") + i) * 200)
+    data = SimpleNamespace(corpus=None, paths=[str(tmp_path)], seed=0, val_fraction=0.5)
+    spec_data = SpecData(SimpleNamespace(data=data), BYTE)
+    val = spec_data.validation(seq_len=16, batch=2, n_batches=3)
+    assert len(val) == 3 and all(b.shape == (2, 17) for b in val)
+    files = {int(np.bincount(row).argmax()) for b in val for row in b}
+    assert len(files) >= 4, files
+    again = spec_data.validation(seq_len=16, batch=2, n_batches=3)
+    assert all((x == y).all() for x, y in zip(val, again, strict=True))
 
 
 def test_stdlib_corpus_first_batch_is_fast():
