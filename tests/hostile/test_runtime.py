@@ -220,7 +220,8 @@ CASES = [
             "run",
             "{spec}",
             "train",
-            "+data.generated={{model: large, new_tokens: 250, chat_prompts: 0, code_prompts: 2}}",
+            "+data.generated={{model: large, new_tokens: 250, chat_prompts: 0, code_prompts: 2, "
+            "share: 0.5}}",
             "--run-dir",
             "{root}/fresh",
         ],
