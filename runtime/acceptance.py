@@ -171,17 +171,22 @@ def _totals(replays: list[dict], prompts, kind: str) -> dict:
     }
 
 
+def _agreement_at(pred, seq, n, max_new: int, d: int):
+    """(positions t, whether the drafter's token after t, drafted at distance d + 1 from its
+    round's frontier, equals the target's) over the continuation, frontiers from the prompt's
+    end."""
+    t = np.arange(int(n) - 1 + d, int(n) - 1 + max_new)
+    return t, pred[(t - d) % len(pred), t] == seq[t + 1]
+
+
 def agreement_by_distance(preds, seqs, lens, max_new: int, g_max: int) -> list[float]:
     """How often the drafter's greedy token equals the target's at distance d = 1..G from the
     frontier (d = 1: the round's first draft), over every position of the continuations."""
-    hits, counts = np.zeros(g_max), np.zeros(g_max)
-    for pred, seq, n in zip(preds, seqs, lens, strict=True):
-        for d in range(g_max):
-            t = np.arange(int(n) - 1 + d, int(n) - 1 + max_new)  # frontiers from the prompt's end
-            row = (t - d) % len(pred)
-            hits[d] += (pred[row, t] == seq[t + 1]).sum()
-            counts[d] += len(t)
-    return (hits / np.maximum(counts, 1)).tolist()
+    out = []
+    for d in range(g_max):
+        ok = [_agreement_at(*x, max_new, d)[1] for x in zip(preds, seqs, lens, strict=True)]
+        out.append(sum(int(o.sum()) for o in ok) / max(sum(len(o) for o in ok), 1))
+    return out
 
 
 POSITION_BUCKET = 128  # tokens; the flagship trains on windows of 128
@@ -191,15 +196,12 @@ def first_draft_by_position(preds, seqs, lens, max_new: int) -> list[dict]:
     """Agreement at distance 1 (a round's first draft) by the frontier's position in the
     sequence, in buckets of POSITION_BUCKET tokens: whether a drafter keeps up past the window
     length it was trained on. [{"start", "agreement", "count"}] for each bucket that occurs."""
-    hits, counts = {}, {}
-    for pred, seq, n in zip(preds, seqs, lens, strict=True):
-        t = np.arange(int(n) - 1, int(n) - 1 + max_new)
-        ok = pred[t % len(pred), t] == seq[t + 1]
-        for b, h in zip(t // POSITION_BUCKET, ok, strict=True):
-            hits[b] = hits.get(b, 0) + int(h)
-            counts[b] = counts.get(b, 0) + 1
-    return [{"start": int(b) * POSITION_BUCKET, "agreement": hits[b] / counts[b],
-             "count": counts[b]} for b in sorted(counts)]  # fmt: skip
+    pairs = [_agreement_at(*x, max_new, 0) for x in zip(preds, seqs, lens, strict=True)]
+    bucket = np.concatenate([t for t, _ in pairs]) // POSITION_BUCKET
+    counts = np.bincount(bucket)
+    hits = np.bincount(bucket, weights=np.concatenate([ok for _, ok in pairs]))
+    return [{"start": int(b) * POSITION_BUCKET, "agreement": float(hits[b] / counts[b]),
+             "count": int(counts[b])} for b in np.flatnonzero(counts)]  # fmt: skip
 
 
 def markdown(out: dict) -> str:
