@@ -130,6 +130,7 @@ def _stage(spec: Spec, s) -> TrainStageIR:
             teacher=s.objective.teacher,
             weight=s.objective.weight,
             temperature=s.objective.temperature,
+            draft_vocab=s.objective.draft_vocab,
         ),
         trainable=tuple(s.trainable),
         optimizer=OptimizerIR(

@@ -230,6 +230,7 @@ class ObjectiveIR:
     teacher: str | None = None
     weight: float = 0.5
     temperature: float = 1.0
+    draft_vocab: int = 0  # > 0: the loss covers ids < draft_vocab only (a cut output layer)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -477,6 +477,8 @@ def training(ctx: Context):
                     p + ("objective", "teacher"),
                     "distillation compares token distributions: give both models the same vocab",
                 )
+        if student in ctx.spec.models:
+            _trained_draft_vocab(ctx, obj.draft_vocab, student, p + ("objective", "draft_vocab"))
         if stage.teacher_cache is not None and student in ctx.spec.models:
             memory = next(
                 (w.memory for w in ctx.spec.wiring if w.kind == "tandem" and w.query == student),
@@ -524,6 +526,22 @@ def _learnable(ctx: Context, stage, student: str | None, p: tuple, names: set[st
                 p + ("trainable", j),
                 f"remove '{name}', or train it in a stage whose objective model reads it",
             )
+
+
+def _trained_draft_vocab(ctx: Context, n: int, student: str, path: tuple) -> None:
+    d, b = ctx.spec.decode, ctx.spec.bench
+    drafts = d is not None and (d.draft == student or (b is not None and b.drafter == student))
+    problem = rules.trained_draft_vocab(
+        n, _vocab(ctx, student), drafts, d.draft_vocab if d is not None else 0
+    )
+    if problem:
+        ctx.error(
+            "E-CHECK-DRAFT-VOCAB",
+            problem,
+            path,
+            f"keep it within the model's vocabulary and draft with the cut it trains for "
+            f"(decode.draft_vocab: {n}), or train for all ids (remove it)",
+        )
 
 
 def _vocab(ctx: Context, name: str) -> int:

@@ -326,6 +326,14 @@ class Objective:
     teacher: str | None = opt(None, doc="Teacher model for `distil`.")
     weight: float = opt(0.5, doc="Distillation weight w.", minimum=0, maximum=1)
     temperature: float = opt(1.0, doc="Teacher temperature.", minimum=0.01)
+    draft_vocab: int = opt(
+        0,
+        doc="Train for the first N token ids only (0 = all), the ids a drafter with "
+        "decode.draft_vocab N proposes: the model's output layer is cut to N rows (cheaper "
+        "steps), the teacher's distribution is renormalized over those ids, and positions "
+        "whose target lies past them are not counted in the loss.",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -66,6 +66,22 @@ def draft_vocab(policy: str, model_draft: bool, n: int, vocab: int) -> str | Non
     return None
 
 
+def trained_draft_vocab(n: int, vocab: int, drafts: bool, decode_n: int) -> str | None:
+    """A stage's objective.draft_vocab n for a model of `vocab` ids; `drafts`: the model
+    drafts in decoding or the bench, there with decode.draft_vocab `decode_n`."""
+    if not n:
+        return None
+    if n > vocab:
+        return f"draft_vocab {n} exceeds the model's vocabulary ({vocab})"
+    if drafts and not 0 < decode_n <= n:
+        cut = f"decode.draft_vocab {decode_n}" if decode_n else "all ids (no decode.draft_vocab)"
+        return (
+            f"the model trains for ids < {n} only but drafts from {cut}: it would propose ids "
+            "it never learned"
+        )
+    return None
+
+
 def lookup(policy: str, model_draft: bool, n: int) -> str | None:
     if n and (policy not in MODEL_DRAFT_ONLY or not model_draft):
         return (

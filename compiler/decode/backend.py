@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from compiler.decode.drafting import cut_head
 from compiler.errors import InputError
 from compiler.ir import DecodeIR, DecoderIR, ProgramIR
+from compiler.nn import cut_head
 from compiler.nn.packed import pack
 
 BACKENDS = ("auto", "xla", "kernel")

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from compiler.decode.rules import DraftSignal
 from compiler.decode.sampling import probs, sample_probs
 from compiler.decode.state import LoopConfig, gather_rows
-from compiler.nn import small_block
+from compiler.nn import cut_head, small_block
 
 
 class Drafts(NamedTuple):
@@ -55,17 +55,6 @@ def draft_head(cfg: LoopConfig, params: dict) -> dict:
     if not n:
         return params
     return {**params, cfg.draft.name: cut_head(params[cfg.draft.name], n)}
-
-
-def cut_head(p: dict, n: int) -> dict:
-    """A decoder's params with its output layer as an untied lm_head [D, n] (the first n
-    rows); a head already n wide (a cut one, or one packed by `compiler.decode.backend`) is
-    kept as it is."""
-    w = p["lm_head"]["w"] if "lm_head" in p else None
-    if w is not None and w.shape[-1] == n:
-        return p
-    w = w[:, :n] if w is not None else p["embed"]["tokens"][:n].T
-    return {**p, "lm_head": {"w": w}}
 
 
 def small_step(cfg: LoopConfig, params: dict, cache, tokens, start):

@@ -14,6 +14,7 @@ from compiler.nn.decoder import (
     init_decoder,
     run_layers,
 )
+from compiler.nn.layers import cut_head
 from compiler.nn.params import init_model, init_params, reduced_embedding
 from compiler.nn.projection import init_projection, project
 from compiler.nn.tandem import (
@@ -27,6 +28,7 @@ __all__ = [
     "reduced_embedding",
     "cache_mask",
     "causal_mask",
+    "cut_head",
     "decoder_block",
     "decoder_forward",
     "init_cache",

@@ -181,3 +181,14 @@ def unembed(params: dict, cfg: DecoderIR, x: jax.Array) -> jax.Array:
         return jnp.einsum("btd,dv->btv", x, w, preferred_element_type=jnp.float32)
     w = params["embed"]["tokens"]  # [V, D]
     return jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)
+
+
+def cut_head(p: dict, n: int) -> dict:
+    """A decoder's params with its output layer as an untied lm_head [D, n] (the first n
+    rows); a head already n wide (a cut one, or one packed by `compiler.decode.backend`) is
+    kept as it is."""
+    w = p["lm_head"]["w"] if "lm_head" in p else None
+    if w is not None and w.shape[-1] == n:
+        return p
+    w = w[:, :n] if w is not None else p["embed"]["tokens"][:n].T
+    return {**p, "lm_head": {"w": w}}

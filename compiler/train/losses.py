@@ -83,6 +83,26 @@ def distil_loss(
     return (1.0 - weight) * ce + weight * soft, {"ce": ce, "distil": soft}
 
 
+def within_vocab(
+    n: int, targets: jax.Array, weights: jax.Array | None, reference: jax.Array | TopK | None
+) -> tuple[jax.Array, jax.Array, jax.Array | TopK | None]:
+    """The loss's view of a student whose output layer covers ids < n only: (targets, weights,
+    reference). Targets >= n are not counted (and clipped into range); the reference is
+    renormalized over ids < n (a TopK keeps its entries below n, and a position with none of
+    them is not counted)."""
+    counted = targets < n
+    if isinstance(reference, TopK):
+        inside = reference.indices < n
+        counted &= jnp.any(inside, axis=-1)
+        values = jnp.where(inside, reference.values, -1e9)  # softmax weight exactly 0
+        reference = TopK(values, jnp.minimum(reference.indices, n - 1))
+    elif reference is not None:
+        reference = reference[..., :n]
+    counted = counted.astype(jnp.float32)
+    weights = counted if weights is None else weights * counted
+    return jnp.minimum(targets, n - 1), weights, reference
+
+
 def accuracy(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     return masked_mean(jnp.argmax(logits, axis=-1) == targets, weights)
 

@@ -32,8 +32,15 @@ import jax.numpy as jnp
 from compiler import loss_mask
 from compiler.errors import IRInvariantError
 from compiler.ir import DecoderIR, ObjectiveIR, ProgramIR, TrainStageIR, WiringIR
-from compiler.nn import decoder_forward, tandem_forward, training_frontier
-from compiler.train.losses import TopK, accuracy, agreement, cross_entropy, distil_loss
+from compiler.nn import cut_head, decoder_forward, tandem_forward, training_frontier
+from compiler.train.losses import (
+    TopK,
+    accuracy,
+    agreement,
+    cross_entropy,
+    distil_loss,
+    within_vocab,
+)
 from tandem_dsl import rules
 
 
@@ -154,7 +161,7 @@ def forward(
     plan: StagePlan, params: dict, inputs: jax.Array, frontier_rng, block=None, stored=None
 ):
     """inputs [B, T] -> (logits [B, T, V], reference logits [B, T, V] (a TopK when stored) or
-    None).
+    None). The student's V is the objective's draft_vocab when that is set.
 
     params: every model/projection by name; frozen ones must already be stop_gradient-ed.
     frontier_rng: for a sampled block length / random offset (None: the fixed grid).
@@ -164,6 +171,9 @@ def forward(
     """
     b, t = inputs.shape
     scale = plan.stage.scale
+    student = params[plan.model.name]
+    if plan.stage.objective.draft_vocab:  # logits [B, T, draft_vocab]
+        student = cut_head(student, plan.stage.objective.draft_vocab)
     memory_logits = None
     if plan.wiring is not None:
         w = plan.wiring
@@ -180,11 +190,9 @@ def forward(
         else:
             frontier = training_frontier(b, t, w.block, w.block_max, w.random_offset, frontier_rng)
         proj = params.get(w.projection.name)
-        logits = tandem_forward(
-            params[plan.model.name], proj, plan.model, w, hiddens, inputs, frontier, scale
-        )
+        logits = tandem_forward(student, proj, plan.model, w, hiddens, inputs, frontier, scale)
     else:
-        logits = decoder_forward(params[plan.model.name], plan.model, inputs, scale=scale)[0]
+        logits = decoder_forward(student, plan.model, inputs, scale=scale)[0]
     reference = None
     if stored is not None:
         reference = TopK(stored["top_values"], stored["top_indices"])
@@ -232,7 +240,11 @@ def loss_and_metrics(plan: StagePlan, logits, reference, targets) -> tuple[jax.A
         weights = loss_mask.counted(targets).astype(jnp.float32)
         targets = loss_mask.token_ids(targets)
     metrics = {"accuracy": accuracy(logits, targets, weights)}
-    loss, parts = OBJECTIVES[obj.kind].loss(obj, logits, targets, reference, weights)
+    view = (targets, weights, reference)
+    if obj.draft_vocab:  # the metrics still score every position: a target past it is a miss
+        view = within_vocab(obj.draft_vocab, *view)
+    loss_targets, loss_weights, loss_reference = view
+    loss, parts = OBJECTIVES[obj.kind].loss(obj, logits, loss_targets, loss_reference, loss_weights)
     metrics.update(parts)
     if reference is not None:
         metrics["agreement"] = agreement(logits, reference, weights)

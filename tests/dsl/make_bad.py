@@ -88,6 +88,9 @@ CASES = {
     + "train:\n  - {name: t, trainable: [large], steps: 10}\n",
     "distil_no_teacher": BASE
     + "train:\n  - {name: t, trainable: [small], steps: 10, objective: {kind: distil}}\n",
+    "trained_draft_vocab": BASE.replace("gamma: 4,", "gamma: 4, draft_vocab: 48,")
+    + "train:\n  - {name: t, trainable: [small, l2s], steps: 10,\n"
+    + "     objective: {kind: distil, teacher: large, draft_vocab: 32}}\n",
     "seq_len_too_long": BASE
     + "train:\n  - {name: t, trainable: [small], steps: 10, seq_len: 256}\n",
     "mesh_axis": BASE + "sharding: [[heads, modle]]\n",
