@@ -131,6 +131,13 @@ def test_the_train_bench_prints_live_and_cached_steps_side_by_side(trained, caps
     for row in rows[1:]:
         live, cached, speedup = row.split(" | ")[1:4]
         assert float(speedup.rstrip("x")) == pytest.approx(float(live) / float(cached), rel=0.1)
+        assert row.endswith(" | - |")  # no draft_vocab: no step with the whole layer to time
+    # a stage that trains for a draft vocabulary also times its step with the whole layer
+    cut = ["train.1.objective.draft_vocab=128", "decode.draft_vocab=128"]
+    assert train_bench.main([str(MINI), *one_stage, *cut, "--run-dir", str(r.run_dir),
+                             "--repeats", "1"]) == 0  # fmt: skip
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][-1]
+    assert float(row.split(" | ")[-1].rstrip(" |")) > 0
 
 
 def test_the_train_bench_times_a_stage_with_and_without_a_per_step_sync(capsys):
