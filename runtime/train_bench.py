@@ -5,9 +5,9 @@ of n calls each, interleaved, after a warm-up; the spec's initial weights and ba
 
 With the cache a stage costs `steps * cached step`, plus `batches * pass` once to fill the
 store (shared by the stages that agree on model, data and k); without it `steps * live
-step`. A stage whose objective sets draft_vocab
-also times its cached step with the whole output layer. A machine line names the CPU's
-features and how fast memory streams, since only numbers from one run compare.
+step`. A stage whose objective sets draft_vocab also times its cached step with the whole
+output layer. A machine line names the CPU's features and how fast memory streams, since
+only numbers from one run compare.
 
 `--sync STAGE` instead times that stage's steps/s two ways, interleaved: pulling the loss to
 the host after every step (what the training loop did before it queued metrics), and pulling
