@@ -116,6 +116,7 @@ def _wiring(spec: Spec, w) -> WiringIR:
         block=w.block,
         block_max=w.block_max or w.block,
         random_offset=w.random_offset,
+        fuse=w.fuse,
     )
 
 

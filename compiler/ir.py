@@ -199,6 +199,7 @@ class WiringIR:
     block: int = 2  # training block length gamma (minimum when sampled)
     block_max: int = 2  # == block: fixed; > block: sampled per sequence from [block, block_max]
     random_offset: bool = False  # shift the block grid by a random offset per sequence
+    fuse: int | None = None  # memory layer whose last processed state feeds M_S's input
 
     @property
     def wired_layers(self) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ import jax
 from . import nn
 from .ir import ProgramIR
 from .memory import REMAT_CHOICES, activation_bytes, with_remat
+from .nn.params import fuses
 from .nn.projection import param_count
 from .shapes import abstract_params, train_state_shape
 from .sharding import Sharder
@@ -19,7 +20,10 @@ def param_counts(prog: ProgramIR) -> dict[str, int]:
     counts = {m.name: m.param_count for m in prog.models}
     for w in prog.wirings:
         if w.kind != "none" and w.projection is not None:
-            counts.setdefault(w.projection.name, param_count(w.projection, len(w.wired_layers)))
+            counts.setdefault(
+                w.projection.name,
+                param_count(w.projection, len(w.wired_layers), fuses(prog, w.projection)),
+            )
     return counts
 
 
@@ -41,12 +45,12 @@ def make_plan(prog: ProgramIR) -> dict:
             wiring.append({"query": w.query, "kind": "none"})
             continue
         p = w.projection
-        n_wired = len(w.wired_layers)
+        n = param_count(p, len(w.wired_layers), fuses(prog, p))
         projections[p.name] = {
-            "params": param_count(p, n_wired),
+            "params": n,
             "kind": p.kind,
             "per_layer": p.per_layer,
-            "flops_per_token": 2 * param_count(p, n_wired),
+            "flops_per_token": 2 * n,
         }
         wiring.append(
             {
@@ -54,6 +58,7 @@ def make_plan(prog: ProgramIR) -> dict:
                 "memory": w.memory,
                 "via": p.name,
                 "block": w.block,
+                "fuse": w.fuse,
                 "layers": [{"small": j, "large": src} for j, src in enumerate(w.layer_map)],
             }
         )
@@ -195,7 +200,10 @@ def sharding_summary(prog: ProgramIR, sh: Sharder) -> dict:
             if name is None:
                 continue
             m = prog.model(name)
-            cache = jax.eval_shape(lambda m=m: nn.init_cache(m, prog.batch, prog.max_len))
+            wiring = prog.wiring_of(name) if name == d.draft else None
+            cache = jax.eval_shape(
+                lambda m=m, w=wiring: nn.init_small_cache(m, w, prog.batch, prog.max_len)
+            )
             out["device_bytes"][f"kv_cache:{name}"] = sh.tree_device_bytes(
                 cache, sh.cache(cache, f"{name}/cache")
             )

@@ -27,8 +27,8 @@ def _i32(*shape):
     return jax.ShapeDtypeStruct(shape, jnp.int32)
 
 
-def _cache(cfg, batch, max_len):
-    return jax.eval_shape(lambda: nn.init_cache(cfg, batch, max_len))
+def _cache(cfg, batch, max_len, wiring=None):
+    return jax.eval_shape(lambda: nn.init_small_cache(cfg, wiring, batch, max_len))
 
 
 def _key(sh: Sharder):
@@ -61,8 +61,8 @@ def decode_pieces(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
     batch, max_len = prog.batch, prog.max_len
     k = d.draft_len + 1
 
-    def sharded_cache(cfg):
-        cache = _cache(cfg, batch, max_len)
+    def sharded_cache(cfg, wiring=None):
+        cache = _cache(cfg, batch, max_len, wiring)
         cache_sh = sh.cache(cache, f"{cfg.name}/cache")
         return sh.abstract_args(cache, cache_sh), cache_sh
 
@@ -97,7 +97,7 @@ def decode_pieces(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
     if d.draft is not None:
         draft = prog.model(d.draft)
         wiring = prog.wiring_of(d.draft)
-        small_cache, small_sh = sharded_cache(draft)
+        small_cache, small_sh = sharded_cache(draft, wiring)
 
         def step(p, cache, tokens, start):
             return nn.small_block(p, draft, wiring, cache, tokens, start)

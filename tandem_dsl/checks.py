@@ -306,7 +306,7 @@ def wiring(ctx: Context):
             )
         seen[w.query] = i
         if w.kind == "none":
-            for key in ("memory", "via", "layers"):
+            for key in ("memory", "via", "layers", "fuse"):
                 if getattr(w, key) is not None:
                     ctx.error(
                         "E-CHECK-WIRING-NONE",
@@ -353,14 +353,19 @@ def wiring(ctx: Context):
                     "use a block well below seq_len (the paper trains with 2 or 3)",
                 )
                 break
-        if w.layers is not None:
-            try:
-                layer_map(ctx.spec, w)
-            except expr.ExprError as e:
-                origin = ctx.doc.origin(p + ("layers",))
-                if origin.is_file or origin.source.startswith("cli:"):
-                    origin = origin.shifted(e.start, e.end)
-                ctx.errors.error(e.code, e.message, origin, f"wiring[{i}].layers", e.hint)
+        try:
+            wired = layer_map(ctx.spec, w)
+        except expr.ExprError as e:
+            origin = ctx.doc.origin(p + ("layers",))
+            if origin.is_file or origin.source.startswith("cli:"):
+                origin = origin.shifted(e.start, e.end)
+            ctx.errors.error(e.code, e.message, origin, f"wiring[{i}].layers", e.hint)
+            continue
+        if w.fuse is not None:
+            n_large = ctx.spec.models[w.memory].n_layers
+            problem = rules.fused_wiring(w.fuse, n_large, None in wired)
+            if problem:
+                ctx.error("E-CHECK-FUSE", problem, p + ("fuse",), rules.FUSE_HINT.format(n=n_large))
 
 
 def _check_projection(ctx: Context, w: Wiring, p: tuple) -> None:

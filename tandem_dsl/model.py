@@ -313,6 +313,14 @@ class Wiring:
         None, doc="Sample the block length per sequence from [block, block_max].", minimum=1
     )
     random_offset: bool = opt(False, doc="Shift the block grid by a random offset per sequence.")
+    fuse: int | None = opt(
+        None,
+        doc="Feature input (as EAGLE's drafter): the memory model's layer-`fuse` state (0 = "
+        "embeddings, n_layers = its last layer) at the last position it has processed, "
+        "RMS-normalized and mapped by its own linear map (starting at zero), is added to the "
+        "query model's input at every position it reads. Needs every query layer wired.",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -124,6 +124,19 @@ def identity_projection(name: str, kind: str, d_in: int, d_out: int) -> str | No
     return None
 
 
+def fused_wiring(fuse: int, n_large: int, unwired: bool) -> str | None:
+    """A feature input reads a layer state the memory model has, into a query model whose every
+    layer is wired (a partly wired one re-reads skipped tokens with a later feature)."""
+    if fuse > n_large:
+        return f"fuse reads layer state {fuse}, but the memory model has states 0..{n_large}"
+    if unwired:
+        return "fuse needs every layer of the query model wired (`layers` leaves some causal)"
+    return None
+
+
+FUSE_HINT = "fuse: 0..{n} (n: its last layer), with `layers` wiring every small layer"
+
+
 # --- training
 
 

@@ -34,7 +34,7 @@ from compiler.decode.state import (
     gather_rows,
 )
 from compiler.decode.verify import verify
-from compiler.nn import decoder_block, init_cache, write_memory
+from compiler.nn import decoder_block, init_cache, init_small_cache, write_memory
 
 
 def _memory(cfg: LoopConfig, params: dict, small_cache, hiddens, start, count):
@@ -92,7 +92,7 @@ def prefill(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> LoopStat
     stats = DecodeStats.zeros(b, cfg.gamma).replace(large_calls=jnp.ones((b,), jnp.int32))
     first = _emits_first(cfg)
     if cfg.draft is not None:
-        small_cache = init_cache(cfg.draft, b, s)
+        small_cache = init_small_cache(cfg.draft, cfg.wiring, b, s)
         if cfg.prompt_pass:  # M_S's own K/V for the prompt (before the memory overwrites it)
             _, small_cache = small_step(cfg, params, small_cache, prompt, zero)
             stats = stats.replace(small_calls=jnp.ones((b,), jnp.int32))

@@ -18,6 +18,7 @@ from compiler.nn.layers import cut_head
 from compiler.nn.params import init_model, init_params, reduced_embedding
 from compiler.nn.projection import init_projection, project
 from compiler.nn.tandem import (
+    init_small_cache,
     small_block,
     tandem_forward,
     training_frontier,
@@ -36,6 +37,7 @@ __all__ = [
     "init_model",
     "init_params",
     "init_projection",
+    "init_small_cache",
     "logical_axes",
     "project",
     "run_layers",

@@ -15,6 +15,7 @@ from compiler.nn.projection import leaf_axes
 _AXES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     ("embed", "tokens"): ("vocab", "embed"),
     ("embed", "positions"): (None, "embed"),
+    ("fuse", "gain"): ("embed",),
     ("attn", "wq"): ("embed", "heads", "head_dim"),
     ("attn", "wk"): ("embed", "kv_heads", "head_dim"),
     ("attn", "wv"): ("embed", "kv_heads", "head_dim"),
@@ -33,6 +34,7 @@ _AXES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     # caches
     ("k",): ("batch", "length", "kv_heads", "head_dim"),
     ("v",): ("batch", "length", "kv_heads", "head_dim"),
+    ("fuse",): ("batch", "embed"),  # a fused M_S's feature input (compiler/nn/tandem.py)
 }
 
 

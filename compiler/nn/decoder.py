@@ -172,20 +172,28 @@ def decoder_forward(
 
 
 def decoder_block(
-    params: dict, cfg: DecoderIR, cache: list[dict], tokens: jax.Array, start: jax.Array
+    params: dict,
+    cfg: DecoderIR,
+    cache: list[dict],
+    tokens: jax.Array,
+    start: jax.Array,
+    extra_input: jax.Array | None = None,
 ) -> tuple[jax.Array, list[jax.Array], list[dict]]:
     """K new tokens per row through the model with a KV cache.
 
     tokens [B, K] sit at positions start[b] + i. Their K/V are written into each layer's
     cache at those slots (writes at slots >= max_len are dropped), then each query at
     position p attends to cache slots s <= p. Slots beyond p are ignored whatever they hold,
-    so rolling a row back is just moving its length back.
+    so rolling a row back is just moving its length back. extra_input [B, D] (optional) is
+    added to every token's input vector (a Tandem M_S's feature input).
     Returns (logits [B, K, V] f32, hiddens n_layers + 1 of [B, K, D], new_cache).
     """
     b, k_new = tokens.shape
     start = jnp.asarray(start, jnp.int32)
     positions = start[:, None] + jnp.arange(k_new, dtype=jnp.int32)  # [B, K]
     x = embed(params["embed"], cfg, tokens, positions)
+    if extra_input is not None:
+        x = x + extra_input[:, None, :].astype(x.dtype)
     mask = CacheRule(positions)  # slot s visible iff s <= position
     new_cache = list(cache)
 

@@ -40,8 +40,16 @@ def init_params(prog: ProgramIR, rng) -> dict:
         if proj.name in params:
             continue  # a projection shared by two wirings is initialized once
         dtype = prog.model(wiring.query).dtype
-        params[proj.name] = init_projection(proj, wiring.wired_layers, _key(rng, proj.name), dtype)
+        key = _key(rng, proj.name)
+        params[proj.name] = init_projection(
+            proj, wiring.wired_layers, key, dtype, fuses(prog, proj)
+        )
     return params
+
+
+def fuses(prog: ProgramIR, proj) -> bool:
+    """Does a wiring through `proj` take a feature input (its params then hold "fuse")?"""
+    return any(w.fuse is not None and w.projection == proj for w in prog.wirings)
 
 
 def init_model(prog: ProgramIR, name: str, seed: int = 0) -> dict:

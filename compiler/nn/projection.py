@@ -3,6 +3,8 @@
 Params, keyed by the small layer that reads them (per_layer) or one shared copy:
   per_layer: {"layers_<j>": copy} for every wired small layer j
   shared:    {"shared": copy}
+  fuse:      {"fuse": {"w": [d_in, d_out], "gain": [d_out] zeros}} (a wiring's `fuse`,
+             `fused_input`)
 A copy's leaves are what its kind says (`KINDS`). The spec names the kinds
 (`tandem_dsl.model.PROJECTION_KINDS`, with whether each needs `hidden`); every name has one
 entry here, which owns its params (shapes, init, logical axes) and its map
@@ -118,24 +120,48 @@ def _init_copy(proj: ProjectionIR, dt) -> dict:
     }
 
 
-def param_count(proj: ProjectionIR, n_wired: int) -> int:
+def param_count(proj: ProjectionIR, n_wired: int, fuse: bool = False) -> int:
     """Exact size of `init_projection` for `n_wired` wired small layers."""
     one = sum(math.prod(leaf.shape) for leaf in kind_of(proj).leaves(proj).values())
-    return one * (n_wired if proj.per_layer else 1)
+    return one * (n_wired if proj.per_layer else 1) + ((proj.d_in + 1) * proj.d_out if fuse else 0)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 3))
+@partial(jax.jit, static_argnums=(0, 1, 3, 4))
 def init_projection(
-    proj: ProjectionIR, wired_layers: tuple[int, ...], rng, dtype: str = "float32"
+    proj: ProjectionIR,
+    wired_layers: tuple[int, ...],
+    rng,
+    dtype: str = "float32",
+    fuse: bool = False,
 ) -> dict:
-    return materialize(projection_spec(proj, wired_layers, dtype), rng)
+    return materialize(projection_spec(proj, wired_layers, dtype, fuse), rng)
 
 
-def projection_spec(proj: ProjectionIR, wired_layers: tuple[int, ...], dtype: str) -> dict:
+def projection_spec(
+    proj: ProjectionIR, wired_layers: tuple[int, ...], dtype: str, fuse: bool = False
+) -> dict:
     dt = DTYPES[dtype]
     if not proj.per_layer:
-        return {"shared": _init_copy(proj, dt)}
-    return {f"layers_{j}": _init_copy(proj, dt) for j in wired_layers}
+        out = {"shared": _init_copy(proj, dt)}
+    else:
+        out = {f"layers_{j}": _init_copy(proj, dt) for j in wired_layers}
+    if fuse:  # gain zeros: the feature input starts switched off, as a model without it
+        out["fuse"] = {
+            "w": normal((proj.d_in, proj.d_out), proj.d_in**-0.5, dt),
+            "gain": jnp.zeros((proj.d_out,), dt),
+        }
+    return out
+
+
+def fused_input(params: dict, x: jax.Array) -> jax.Array:
+    """The feature input: gain * rms_norm(x @ w), x [B, T, d_in] -> [B, T, d_out]. Normalized
+    after the map, as the attention path does: a large model's residual has a few huge
+    dimensions (SmolLM2's last layer: half the squared norm in 5 of 576) that the map learns
+    to weigh down; the gain, zero at init, sets the size against the token embedding."""
+    c = params["fuse"]
+    y = jnp.einsum("bti,io->bto", x.astype(c["w"].dtype), c["w"]).astype(jnp.float32)
+    y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + 1e-6)
+    return (y * c["gain"]).astype(c["w"].dtype)
 
 
 def project(params: dict, proj: ProjectionIR, layer: int, x: jax.Array) -> jax.Array:

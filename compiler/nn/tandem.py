@@ -27,11 +27,12 @@ from compiler.nn.decoder import (
     decoder_block,
     decoder_forward,
     default_positions,
+    init_cache,
     logits_of,
     run_layers,
 )
-from compiler.nn.layers import embed, norm
-from compiler.nn.projection import project
+from compiler.nn.layers import dtype_of, embed, norm
+from compiler.nn.projection import fused_input, project
 
 
 def training_frontier(
@@ -87,6 +88,15 @@ def _projected_kv(small_params, proj_params, small_cfg, wiring, layer, large_hid
     return keys_values(p["attn"], small_cfg, norm(p["attn_norm"], small_cfg, m), positions)
 
 
+def _last_memory_feature(proj_params, large_hidden, frontier) -> jax.Array:
+    """Query t's feature input: the fused M_L state of position f(t) - 1, the last one M_L
+    has processed (zeros while f(t) = 0). large_hidden [B, T, D_L] -> [B, T, D_S]."""
+    feature = fused_input(proj_params, large_hidden)
+    last = jnp.asarray(frontier, jnp.int32) - 1  # [B, T]
+    rows = jnp.take_along_axis(feature, jnp.maximum(last, 0)[..., None], axis=1)
+    return jnp.where(last[..., None] >= 0, rows, 0).astype(feature.dtype)
+
+
 def tandem_forward(
     small_params: dict,
     proj_params: dict | None,
@@ -110,6 +120,8 @@ def tandem_forward(
         scale = dataclasses.replace(scale, scan_layers=False)
     positions = default_positions(tokens)  # [B, T]
     x = embed(small_params["embed"], small_cfg, tokens, positions)
+    if wiring.fuse is not None:
+        x = x + _last_memory_feature(proj_params, large_hiddens[wiring.fuse], frontier)
     fused = scale is not None and scale.attention == "fused"
     causal = Causal() if fused else causal_mask(positions, positions)  # unwired layers
     mixed = tandem_mask(frontier)  # [B, T, 2T]
@@ -141,12 +153,23 @@ def small_block(
 
     Writes M_S's own K/V at [start, start + K) in every layer, then attends to slots s <= p
     of its single per-layer cache: below the frontier those hold projected M_L K/V (put
-    there by `write_memory`), from the frontier on its own. The wiring is not needed to
-    read the cache; it is taken for symmetry with `write_memory`.
+    there by `write_memory`), from the frontier on its own. With a feature input (wiring.fuse)
+    every token also adds the fused M_L state that `write_memory` left in the cache.
     """
-    del wiring
-    logits, _, new_cache = decoder_block(small_params, small_cfg, cache, tokens, start)
+    extra = None
+    if wiring is not None and wiring.fuse is not None:
+        extra = cache[small_cfg.n_layers]["fuse"]
+    logits, _, new_cache = decoder_block(small_params, small_cfg, cache, tokens, start, extra)
     return logits, new_cache
+
+
+def init_small_cache(cfg: DecoderIR, wiring: WiringIR | None, batch: int, max_len: int):
+    """M_S's decode cache: `init_cache`'s per-layer K/V, and with a feature input
+    (wiring.fuse) one more entry {"fuse": [B, D_S]}, zeros until M_L has processed a token."""
+    cache = init_cache(cfg, batch, max_len)
+    if wiring is None or wiring.fuse is None:
+        return cache
+    return [*cache, {"fuse": jnp.zeros((batch, cfg.d_model), dtype_of(cfg))}]
 
 
 def write_memory(
@@ -177,6 +200,13 @@ def write_memory(
     if count is not None:
         keep = jnp.arange(k_new, dtype=jnp.int32)[None, :] < jnp.asarray(count)[:, None]
     new_cache = list(small_cache)
+    if wiring.fuse is not None:  # the last written position's state: the new frontier's f - 1
+        n = small_cfg.n_layers
+        feature = fused_input(proj_params, large_hiddens[wiring.fuse])  # [B, K, D_S]
+        last = jnp.full((b,), k_new, jnp.int32) if count is None else jnp.asarray(count, jnp.int32)
+        row = jnp.take_along_axis(feature, jnp.maximum(last - 1, 0)[:, None, None], axis=1)[:, 0]
+        old = small_cache[n]["fuse"]
+        new_cache[n] = {"fuse": jnp.where(last[:, None] > 0, row.astype(old.dtype), old)}
     for layer in wiring.wired_layers:
         src = wiring.layer_map[layer]
         km, vm = _projected_kv(

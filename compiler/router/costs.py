@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from compiler.decode.drafting import draft_head, small_step
 from compiler.decode.loops import large_block
 from compiler.decode.state import LoopConfig
-from compiler.nn import init_cache
+from compiler.nn import init_cache, init_small_cache
 from compiler.timing import timings
 
 
@@ -33,7 +33,8 @@ def measure(cfg: LoopConfig, params: dict, batch: int, prompt_len: int, n: int =
     params = draft_head(cfg, params)  # cut once, as `generate` does, not inside the loop
     s = cfg.cache_len(prompt_len)
     start = jnp.full((batch,), prompt_len, jnp.int32)
-    large, small = init_cache(cfg.target, batch, s), init_cache(cfg.draft, batch, s)
+    large = init_cache(cfg.target, batch, s)
+    small = init_small_cache(cfg.draft, cfg.wiring, batch, s)
     acc = jnp.zeros((), jnp.float32)
 
     def small_step_(params, c):

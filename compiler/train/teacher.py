@@ -36,11 +36,12 @@ def cached_model(prog: ProgramIR, stage: TrainStageIR) -> str:
 
 
 def stored_layers(prog: ProgramIR, model: str) -> tuple[int, ...]:
-    """Every layer input of `model` that some Tandem wiring reads."""
+    """Every layer input of `model` that some Tandem wiring reads (attends to or fuses)."""
     layers = set()
     for w in prog.wirings:
         if w.kind == "tandem" and w.memory == model:
             layers |= {src for src in w.layer_map if src is not None}
+            layers |= {w.fuse} if w.fuse is not None else set()
     return tuple(sorted(layers))
 
 

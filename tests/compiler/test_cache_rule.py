@@ -19,6 +19,7 @@ from compiler.nn import (
     init_cache,
     init_decoder,
     init_projection,
+    init_small_cache,
     small_block,
     tandem_forward,
     training_frontier,
@@ -35,12 +36,12 @@ forward = jit(decoder_forward, static_argnums=(1,))
 
 
 def _init(large, small, wiring, seed=0):
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    return (
-        init_decoder(large, k1),
-        init_decoder(small, k2),
-        init_projection(wiring.projection, wiring.wired_layers, k3),
-    )
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
+    fuse = wiring.fuse is not None
+    proj = init_projection(wiring.projection, wiring.wired_layers, k3, "float32", fuse)
+    if fuse:  # its gain starts at zero; a random one makes the feature input count
+        proj["fuse"]["gain"] = jax.random.normal(k4, proj["fuse"]["gain"].shape)
+    return init_decoder(large, k1), init_decoder(small, k2), proj
 
 
 def _teacher_forced(large, small, wiring, lp, sp, pp, tokens, frontier):
@@ -63,7 +64,7 @@ def decode(large, small, wiring, lp, sp, pp, tokens, prompts, accept):
     """
     rng = np.random.default_rng(0)
     l_cache = init_cache(large, B, large.max_len)
-    s_cache = init_cache(small, B, small.max_len)
+    s_cache = init_small_cache(small, wiring, B, small.max_len)
     got = np.full((B, T, VOCAB), np.nan, np.float32)
     frontier = np.full((B, T), -1, np.int32)
     padded = np.concatenate([tokens, rng.integers(0, VOCAB, size=(B, 2 * GAMMA))], axis=1)

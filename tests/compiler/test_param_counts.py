@@ -71,11 +71,25 @@ PROJECTIONS = [  # every kind, with and without bias, per layer and shared
 
 @pytest.mark.parametrize("kw", PROJECTIONS, ids=lambda kw: "-".join(map(str, kw.values())))
 @pytest.mark.parametrize("wired", [(0, 2), (1,)])
-def test_projection_param_count(kw, wired):
+@pytest.mark.parametrize("fuse", [False, True])
+def test_projection_param_count(kw, wired, fuse):
     proj = ProjectionIR(name="p", d_in=48, d_out=32, **kw)
-    shapes = jax.eval_shape(lambda k: init_projection(proj, wired, k), KEY)
-    assert n_params(shapes) == param_count(proj, len(wired))
-    assert set(shapes) == ({f"layers_{j}" for j in wired} if proj.per_layer else {"shared"})
+    shapes = jax.eval_shape(lambda k: init_projection(proj, wired, k, "float32", fuse), KEY)
+    assert n_params(shapes) == param_count(proj, len(wired), fuse)
+    copies = {f"layers_{j}" for j in wired} if proj.per_layer else {"shared"}
+    assert set(shapes) == copies | ({"fuse"} if fuse else set())
+
+
+def test_fused_program_params():
+    """A wiring with a feature input adds a d_in x d_out map and a zero gain to its projection's
+    params."""
+    large, small = large_cfg(), small_cfg()
+    prog = program([large, small], [tandem_wiring(small, large, (2, 3), fuse=3)])
+    params = init_params(prog, KEY)
+    assert {k: n_params(v) for k, v in params.items()} == param_counts(prog)
+    assert params["l2s"]["fuse"]["w"].shape == (48, 32)
+    assert params["l2s"]["fuse"]["gain"].shape == (32,)
+    assert not params["l2s"]["fuse"]["gain"].any()
 
 
 def test_program_params_and_stable_names():

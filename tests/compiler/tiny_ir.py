@@ -48,20 +48,22 @@ def small_cfg(**kw) -> DecoderIR:
     return DecoderIR(**base)
 
 
-def tandem_wiring(small: DecoderIR, large: DecoderIR, layer_map, **proj_kw) -> WiringIR:
+def tandem_wiring(small: DecoderIR, large: DecoderIR, layer_map, fuse=None, **proj_kw) -> WiringIR:
     proj = ProjectionIR(
         name="l2s", kind=proj_kw.pop("kind", "linear"), d_in=large.d_model, d_out=small.d_model,
         **proj_kw,
     )  # fmt: skip
     return WiringIR(
         kind="tandem", query=small.name, memory=large.name, layer_map=tuple(layer_map),
-        projection=proj,
+        projection=proj, fuse=fuse,
     )  # fmt: skip
 
 
-# (small overrides, layer_map, projection overrides): the variants the cache-rule test covers
+# (small overrides, layer_map, projection overrides and the wiring's fuse): the variants the
+# cache-rule test covers
 TANDEM_VARIANTS = {
     "linear-all-wired": ({}, (2, 3), {}),
+    "fused-input-gqa": (dict(n_kv_heads=2), (1, 3), dict(fuse=3)),
     "mlp-shared-bias-partial-gqa": (
         dict(n_kv_heads=2),
         (None, 1),

@@ -26,10 +26,10 @@ def decoder(name: str, d: int, layers: int, heads: int = 4, kv: int = 2, **kw) -
                      n_heads=heads, n_kv_heads=kv, d_ff=2 * d, max_len=MAX_LEN, **kw)  # fmt: skip
 
 
-def tandem(small: DecoderIR, large: DecoderIR, layer_map) -> WiringIR:
+def tandem(small: DecoderIR, large: DecoderIR, layer_map, fuse=None) -> WiringIR:
     proj = ProjectionIR(name="l2s", kind="linear", d_in=large.d_model, d_out=small.d_model)
     return WiringIR(kind="tandem", query=small.name, memory=large.name,
-                    layer_map=tuple(layer_map), projection=proj)  # fmt: skip
+                    layer_map=tuple(layer_map), projection=proj, fuse=fuse)  # fmt: skip
 
 
 def independent(small: DecoderIR) -> WiringIR:
@@ -38,15 +38,16 @@ def independent(small: DecoderIR) -> WiringIR:
 
 
 def program(kind: str = "tandem", *, vocab: int = VOCAB, d_large: int = 48, d_small: int = 32):
-    """kind: tandem (all layers wired) | partial (one unwired small layer) | independent |
-    copy (the drafter is an independent copy of the large model's architecture)."""
+    """kind: tandem (all layers wired) | fused (tandem with a feature input from the large
+    model's last layer) | partial (one unwired small layer) | independent | copy (the
+    drafter is an independent copy of the large model's architecture)."""
     large = decoder("large", d_large, 2, vocab=vocab)
     if kind == "copy":
         small = decoder("small", d_large, 2, vocab=vocab)
     else:
         small = decoder("small", d_small, 2, heads=4, kv=4, vocab=vocab)
-    if kind == "tandem":
-        wiring = tandem(small, large, (1, 2))
+    if kind in ("tandem", "fused"):
+        wiring = tandem(small, large, (1, 2), fuse=2 if kind == "fused" else None)
     elif kind == "partial":
         wiring = tandem(small, large, (2, None))
     else:
@@ -68,6 +69,9 @@ def decode_ir(policy: str, *, gamma=3, temperature=0.0, top_k=0, top_p=1.0, max_
 def params_for(prog: ProgramIR, seed: int = 0, head_scale: float = 1.0) -> dict:
     """Random params; head_scale > 1 sharpens every model's output distribution."""
     params = init_params(prog, jax.random.key(seed))
+    if "fuse" in params.get("l2s", {}):  # its gain starts at zero; a random one makes it count
+        g = params["l2s"]["fuse"]["gain"]
+        params["l2s"]["fuse"]["gain"] = jax.random.normal(jax.random.key(seed + 1), g.shape)
     for m in prog.models:
         if head_scale != 1.0 and "lm_head" in params[m.name]:
             params[m.name]["lm_head"]["w"] = params[m.name]["lm_head"]["w"] * head_scale

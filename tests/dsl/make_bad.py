@@ -91,6 +91,8 @@ CASES = {
     "trained_draft_vocab": BASE.replace("gamma: 4,", "gamma: 4, draft_vocab: 48,")
     + "train:\n  - {name: t, trainable: [small, l2s], steps: 10,\n"
     + "     objective: {kind: distil, teacher: large, draft_vocab: 32}}\n",
+    "fuse_layer": BASE.replace("via: l2s}", "via: l2s, fuse: 5}"),
+    "fuse_partial": BASE.replace("via: l2s}", 'via: l2s, layers: "small[1] <- large[4]", fuse: 4}'),
     "seq_len_too_long": BASE
     + "train:\n  - {name: t, trainable: [small], steps: 10, seq_len: 256}\n",
     "mesh_axis": BASE + "sharding: [[heads, modle]]\n",

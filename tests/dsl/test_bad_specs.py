@@ -30,6 +30,8 @@ EXPECTED = {
     "draft_vocab_big": ("E-CHECK-DRAFT-VOCAB", 10, 77),
     "draft_vocab_standalone": ("E-CHECK-DRAFT-VOCAB", 10, 82),
     "trained_draft_vocab": ("E-CHECK-DRAFT-VOCAB", 15, 61),
+    "fuse_layer": ("E-CHECK-FUSE", 9, 51),
+    "fuse_partial": ("E-CHECK-FUSE", 9, 83),
     "embed_from_wider": ("E-CHECK-EMBED-INIT", 4, 68),
     "enum_norm": ("E-SCHEMA-ENUM", 5, 55),
     "enum_policy": ("E-SCHEMA-ENUM", 10, 18),
