@@ -317,8 +317,9 @@ class Wiring:
         None,
         doc="Feature input (as EAGLE's drafter): the memory model's layer-`fuse` state (0 = "
         "embeddings, n_layers = its last layer) at the last position it has processed, "
-        "RMS-normalized and mapped by its own linear map (starting at zero), is added to the "
-        "query model's input at every position it reads. Needs every query layer wired.",
+        "mapped by its own linear map, RMS-normalized and scaled by a learned gain (zero at "
+        "init), is added to the query model's input at every position. Needs every query "
+        "layer wired.",
         minimum=0,
     )
 
