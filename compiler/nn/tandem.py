@@ -202,9 +202,10 @@ def write_memory(
     new_cache = list(small_cache)
     if wiring.fuse is not None:  # the last written position's state: the new frontier's f - 1
         n = small_cfg.n_layers
-        feature = fused_input(proj_params, large_hiddens[wiring.fuse])  # [B, K, D_S]
         last = jnp.full((b,), k_new, jnp.int32) if count is None else jnp.asarray(count, jnp.int32)
-        row = jnp.take_along_axis(feature, jnp.maximum(last - 1, 0)[:, None, None], axis=1)[:, 0]
+        state = large_hiddens[wiring.fuse]  # [B, K, D_L]: map only the row that is kept
+        state = jnp.take_along_axis(state, jnp.maximum(last - 1, 0)[:, None, None], axis=1)
+        row = fused_input(proj_params, state)[:, 0]
         old = small_cache[n]["fuse"]
         new_cache[n] = {"fuse": jnp.where(last[:, None] > 0, row.astype(old.dtype), old)}
     for layer in wiring.wired_layers:
