@@ -17,11 +17,13 @@ def _older(config: dict) -> dict:
     """The config as recorded before the newer settings existed."""
     old = copy.deepcopy(config)
     old["stage"].pop("teacher_cache")
+    old["stage"]["objective"].pop("draft_vocab")
     for m in old["models"].values():
         for key in ("embed_trainable", "head_dim", "qkv_bias", "rope_scaling"):
             m.pop(key)
         m["init"].pop("copy_layers")
     for w in old["wiring"]:
+        w.pop("fuse")
         if w.get("projection"):
             w["projection"].pop("init")
     old["data"].pop("text_field")
