@@ -168,6 +168,8 @@ def _decode(spec: Spec) -> DecodeIR | None:
         draft_ngram=d.draft.n if isinstance(d.draft, NgramDraft) else 0,
         draft_vocab=d.draft_vocab,
         lookup=d.lookup,
+        lookup_min=d.lookup_min,
+        lookup_gamma=d.lookup_gamma,
         backend=d.backend,
         gamma=d.gamma,
         free_token=d.free_token,

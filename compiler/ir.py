@@ -304,6 +304,8 @@ class DecodeIR:
     draft_ngram: int = 0  # > 0: prompt-lookup drafter with this n, no draft model
     draft_vocab: int = 0  # > 0: the draft model proposes only ids < draft_vocab
     lookup: int = 0  # > 0: hybrid drafting, n-gram prompt lookup first, the draft model elsewhere
+    lookup_min: int = 0  # shortest match drafted by lookup (0 = lookup)
+    lookup_gamma: int = 0  # drafts per lookup round (0 = gamma)
     backend: str = "auto"  # mat-mul backend: auto | xla | kernel (compiler.decode.backend)
     gamma: int = 4
     free_token: bool = True  # standalone: the large model's own next token starts M_S
@@ -315,7 +317,9 @@ class DecodeIR:
     @property
     def draft_len(self) -> int:
         """The longest draft of a round (the loop's draft buffer)."""
-        return self.adaptive.max_gamma if self.adaptive else self.gamma
+        if self.adaptive:
+            return self.adaptive.max_gamma
+        return max(self.gamma, self.lookup_gamma if self.lookup else 0)
 
     def prompt_budget(self, max_len: int) -> int:
         """The longest prompt whose generation fits a KV cache of max_len positions."""

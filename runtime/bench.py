@@ -4,8 +4,9 @@ target side by side, in one process, on the same held-out prompts, batch 1.
 Rows: the target alone (autoregressive), prompt lookup (n-gram drafts copied from the context),
 standard SPEED with an independent drafter at every gamma, the spec's drafter (the Tandem
 small model) at every gamma, and both drafters again with hybrid drafting (`decode.lookup`:
-prompt lookup where the context matches, the drafter elsewhere). Prompts: code cut from
-held-out corpus files (the validation split, so no model trained on them), chat messages
+prompt lookup where the context matches, the drafter elsewhere; with the spec's `lookup_min`
+and `lookup_gamma`, and the prompt-lookup row drafts lookup_gamma tokens too). Prompts: code
+cut from held-out corpus files (the validation split, so no model trained on them), chat messages
 wrapped in the tokenizer's chat template, and the lines of `bench.prompt_file` (JSONL,
 `runtime.prompts`), each prompt of a class ("code", "chat", or a line's "kind") that the
 table gives a speedup column.
@@ -108,9 +109,10 @@ def methods(
 
     base = dataclasses.replace(d, policy="speed", adaptive=None, draft_ngram=0, lookup=0)
     out = {"autoregressive": autoregressive(d)}
+    look_g = d.lookup_gamma or 4  # prompt lookup drafts as many as the hybrid's lookup rounds
     if lookup_n:
-        out[f"prompt lookup n={lookup_n} gamma=4"] = dataclasses.replace(
-            base, draft=None, draft_ngram=lookup_n, gamma=4
+        out[f"prompt lookup n={lookup_n} gamma={look_g}"] = dataclasses.replace(
+            base, draft=None, draft_ngram=lookup_n, gamma=look_g
         )
     for g in gammas if drafter else ():
         out[f"standard SPEED ({drafter}) gamma={g}"] = dataclasses.replace(
@@ -119,15 +121,16 @@ def methods(
     for g in gammas:
         out[f"{speed} ({d.draft}) gamma={g}"] = dataclasses.replace(base, gamma=g)
     if lookup_n:  # hybrid drafting: prompt lookup where it matches, the drafter elsewhere
-        hybrid = dataclasses.replace(base, lookup=lookup_n)
+        least = min(d.lookup_min, lookup_n)
+        hybrid = dataclasses.replace(base, lookup=lookup_n, lookup_min=least)
+        look = f"lookup n={lookup_n}" + (f" from {least}" if least else "")
+        look += f" x{d.lookup_gamma}" if d.lookup_gamma else ""
         for g in gammas if drafter else ():
-            out[f"standard SPEED + lookup n={lookup_n} ({drafter}) gamma={g}"] = (
-                dataclasses.replace(hybrid, draft=drafter, gamma=g)
+            out[f"standard SPEED + {look} ({drafter}) gamma={g}"] = dataclasses.replace(
+                hybrid, draft=drafter, gamma=g
             )
         for g in gammas:
-            out[f"{speed} + lookup n={lookup_n} ({d.draft}) gamma={g}"] = dataclasses.replace(
-                hybrid, gamma=g
-            )
+            out[f"{speed} + {look} ({d.draft}) gamma={g}"] = dataclasses.replace(hybrid, gamma=g)
     return out
 
 

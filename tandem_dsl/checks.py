@@ -611,6 +611,15 @@ def decoding(ctx: Context):
         "lookup",
         "use `draft: <model>` with `lookup: 3`, or remove lookup",
     )
+    example = "e.g. `lookup: 3, lookup_min: 2, lookup_gamma: 8`"
+    report("E-CHECK-LOOKUP", rules.lookup_min(d.lookup, d.lookup_min), "lookup_min", example)
+    max_gamma = d.adaptive.max_gamma if d.adaptive is not None else None
+    report(
+        "E-CHECK-LOOKUP",
+        rules.lookup_gamma(d.lookup, d.lookup_gamma, max_gamma),
+        "lookup_gamma",
+        example + " (adaptive: at most max_gamma)",
+    )
     report(
         "E-CHECK-DECODE-MISSING",
         rules.adaptive_section(d.policy, d.adaptive is not None),

@@ -494,6 +494,20 @@ class Decode:
         "(0 = off). Lossless.",
         minimum=0,
     )
+    lookup_min: int = opt(
+        0,
+        doc="Hybrid drafting: the shortest match (1..lookup) that drafts by lookup; a round "
+        "with a shorter one drafts with the model (0 = lookup: only a match of all n tokens).",
+        minimum=0,
+    )
+    lookup_gamma: int = opt(
+        0,
+        doc="Hybrid drafting: drafts per lookup round (0 = gamma). Copied drafts cost nothing "
+        "and verifying a few more tokens costs little, so a lookup round may draft more than "
+        "the model's gamma (speed: the verify pass is compiled for both lengths; adaptive: at "
+        "most max_gamma).",
+        minimum=0,
+    )
     backend: str = opt(
         "auto",
         doc="Backend of decoding's mat-muls and cache attention: `kernel` (CPU kernels, built "

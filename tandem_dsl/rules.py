@@ -92,6 +92,23 @@ def lookup(policy: str, model_draft: bool, n: int) -> str | None:
     return None
 
 
+def lookup_min(n: int, min_match: int) -> str | None:
+    if min_match and not n:
+        return "lookup_min refines hybrid drafting: it needs lookup > 0"
+    if min_match > n:
+        return f"lookup_min {min_match} is longer than the lookup's n ({n})"
+    return None
+
+
+def lookup_gamma(n: int, gamma: int, max_gamma: int | None) -> str | None:
+    """max_gamma: the adaptive policy's longest draft (None for speed)."""
+    if gamma and not n:
+        return "lookup_gamma refines hybrid drafting: it needs lookup > 0"
+    if gamma and max_gamma is not None and gamma > max_gamma:
+        return f"lookup_gamma {gamma} drafts more than adaptive.max_gamma ({max_gamma})"
+    return None
+
+
 def adaptive_section(policy: str, has_adaptive: bool) -> str | None:
     if policy == "adaptive" and not has_adaptive:
         return "policy adaptive needs an `adaptive:` section"

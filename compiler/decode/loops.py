@@ -213,16 +213,19 @@ def verify_block(cfg: LoopConfig, params: dict, large_cache, block, start, n_nee
 def hybrid_drafts(cfg: LoopConfig, params: dict, state: LoopState, key, rule):
     """Hybrid drafting -> (Drafts, lookup hit [B] bool, synced [B] or None).
 
-    Each row looks up its last n = cfg.lookup tokens in its context first; a row where all n
-    occur earlier drafts the G tokens that followed them (q = one-hot: the drafts are
-    deterministic), the other active rows draft with M_S (its q and stop rule). M_S runs only
+    Each row looks up its last n = cfg.lookup tokens in its context first; a row whose longest
+    match covers at least cfg.lookup_min of them (all n when 0) drafts the lookup_gamma (else G)
+    tokens that followed it (q = one-hot: the drafts are deterministic), the other active rows
+    draft with M_S (its q and stop rule). M_S runs only
     when some active row has no match (`lax.cond`): on repetitive text the round costs what
     prompt lookup costs. Its calls count for the rows it drafted (and, with `catch_up`, for the
     rows whose holes it filled)."""
     g, b = cfg.gamma, state.n.shape[0]
     f, active = state.frontier, ~state.done
     look, n_look, length = lookup(state.context, f, cfg.lookup, g)
-    hit = length >= cfg.lookup  # a shorter match predicts worse than the model
+    if cfg.lookup_gamma:
+        n_look = jnp.minimum(n_look, cfg.lookup_gamma)
+    hit = length >= (cfg.lookup_min or cfg.lookup)
     need = active & ~hit  # the rows M_S drafts for
 
     def model(cache, synced):

@@ -19,7 +19,7 @@ import jax
 
 from compiler.decode import loops
 from compiler.decode.drafting import small_step
-from compiler.decode.rules import RULES
+from compiler.decode.rules import RULES, FixedRule
 from compiler.decode.state import POLICIES, GenerateResult, LoopConfig
 from compiler.decode.verify import verify
 from compiler.errors import IRInvariantError
@@ -95,6 +95,12 @@ def loop_config(
         decode_rules.lookup(decode.policy, draft is not None, decode.lookup),
         decode_rules.adaptive_section(decode.policy, decode.adaptive is not None),
     )
+    if decode.lookup:  # lookup 0 turns hybrid drafting off, its refinements with it
+        max_gamma = decode.adaptive.max_gamma if decode.adaptive is not None else None
+        _hold(
+            decode_rules.lookup_min(decode.lookup, decode.lookup_min),
+            decode_rules.lookup_gamma(decode.lookup, decode.lookup_gamma, max_gamma),
+        )
     if decode.gamma < 1 or decode.lookup < 0:
         raise IRInvariantError(f"decode gamma {decode.gamma} / lookup {decode.lookup}")
     if decode.draft_ngram > 0:
@@ -111,9 +117,18 @@ def loop_config(
     if decode.policy == "standalone":
         return LoopConfig(policy="standalone", draft=draft, wiring=wiring, gamma=decode.gamma,
                           free_token=decode.free_token, **common)  # fmt: skip
+    if decode.lookup:
+        common.update(lookup_min=decode.lookup_min, lookup_gamma=decode.lookup_gamma)
     if decode.policy == "speed":
-        return LoopConfig(policy="speed", draft=draft, wiring=wiring, gamma=decode.gamma,
-                          **common)  # fmt: skip
+        g = decode.gamma
+        if decode.lookup and decode.lookup_gamma not in (0, g):
+            # one loop for both round lengths: the buffers hold the longer, the model drafts g
+            # (a fixed stop rule), the verify pass is compiled for both
+            both = tuple(sorted((g, decode.lookup_gamma)))
+            bk = both if buckets is None else _check_buckets(buckets, both[-1])
+            return LoopConfig(policy="speed", draft=draft, wiring=wiring, gamma=both[-1],
+                              stop_rule=FixedRule(g), buckets=bk, **common)  # fmt: skip
+        return LoopConfig(policy="speed", draft=draft, wiring=wiring, gamma=g, **common)
     g = decode.adaptive.max_gamma
     bk = default_buckets(g) if buckets is None else _check_buckets(buckets, g)
     return LoopConfig(policy="adaptive", draft=draft, wiring=wiring, gamma=g,

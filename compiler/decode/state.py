@@ -49,6 +49,8 @@ class LoopConfig:
     # > 0 (speed/adaptive with M_S): hybrid drafting, an n-gram prompt lookup up to this n
     # first; M_S drafts only the rows without a match (`loops.hybrid_drafts`)
     lookup: int = 0
+    lookup_min: int = 0  # the shortest match that drafts by lookup (0 = lookup)
+    lookup_gamma: int = 0  # drafts per lookup round (0 = gamma)
 
     @property
     def buf_len(self) -> int:

@@ -75,6 +75,45 @@ def test_greedy_hybrid_equals_autoregressive(kind):
     assert (st.drafted_by_pos == st.rounds[:, None]).all()
 
 
+@pytest.mark.parametrize("kind", ["tandem", "independent", "partial"])
+def test_greedy_hybrid_with_short_matches_and_longer_lookup_rounds(kind):
+    """lookup_min 1: a 1-token match drafts by lookup too; lookup_gamma 5 > gamma 3: lookup
+    rounds draft 5, model rounds 3, in one loop (the verify pass compiled for both)."""
+    prog = program(kind)
+    params = params_for(prog, head_scale=4.0)
+    dec = dataclasses.replace(hybrid_ir(n=3, gamma=3, max_new=24), lookup_min=1, lookup_gamma=5)
+    cfg = loop_config(prog, dec)
+    assert (cfg.gamma, cfg.buckets, cfg.stop_rule) == (5, (3, 5), FixedRule(3))
+    ar = generator(prog, decode_ir("autoregressive", max_new=24))(params, PROMPTS, LENS, KEY)
+    hy = generator(prog, dec)(params, PROMPTS, LENS, KEY)
+    assert rows(hy) == rows(ar)
+    st = jax.device_get(hy.stats)
+    model_rounds = st.rounds - st.lookup_rounds
+    assert st.lookup_rounds.sum() > 0 and model_rounds.sum() > 0
+    # positions 1-3 are drafted every round, 4-5 only in the rounds drafted by lookup
+    assert (st.drafted_by_pos[:, :3] == st.rounds[:, None]).all()
+    assert (st.drafted_by_pos[:, 3:] == st.lookup_rounds[:, None]).all()
+    plain = generator(prog, hybrid_ir(n=3, gamma=3, max_new=24))(params, PROMPTS, LENS, KEY)
+    assert st.lookup_rounds.sum() > jax.device_get(plain.stats).lookup_rounds.sum()
+
+
+def test_lookup_min_sets_the_shortest_match_that_drafts():
+    prog = program("tandem")
+    params = params_for(prog)
+    ctx = jnp.asarray([[7, 1, 2, 9, 3, 4, 1, 2]], jnp.int32)  # "1 2" occurred before, "4 1 2" not
+    lens = jnp.asarray([8], jnp.int32)
+    hits = []
+    for least in (0, 2, 3):
+        dec = dataclasses.replace(hybrid_ir(n=3, gamma=3, max_new=8), lookup_min=least)
+        cfg = loop_config(prog, dec)
+        state = jax.jit(lambda p, n, cfg=cfg: prefill(cfg, params, p, n, KEY))(ctx, lens)
+        d, hit, _ = hybrid_drafts(cfg, params, state, KEY, FixedRule(3))
+        hits.append(bool(hit[0]))
+        if hit[0]:
+            np.testing.assert_array_equal(d.tokens[0], [9, 3, 4])
+    assert hits == [False, True, False]
+
+
 def test_greedy_hybrid_adaptive_equals_autoregressive():
     prog = program("independent")
     params = params_for(prog, head_scale=4.0)
@@ -214,14 +253,18 @@ def _tv(a, b) -> float:
     return 0.5 * float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).sum())
 
 
-@pytest.mark.parametrize("kind,policy", [("tandem", "speed"), ("independent", "adaptive")])
-def test_sampled_hybrid_follows_large_model(kind, policy):
+@pytest.mark.parametrize(
+    "kind,policy,lookup_gamma",
+    [("tandem", "speed", 0), ("independent", "adaptive", 0), ("tandem", "speed", 4)],
+)
+def test_sampled_hybrid_follows_large_model(kind, policy, lookup_gamma):
     prog = program(kind, vocab=V, d_large=16, d_small=16)
     large = prog.models[0]
     params = params_for(prog, seed=7, head_scale=2.0)
     adaptive = AdaptiveIR(rule="confidence", threshold=0.5, max_gamma=3)
     adaptive = adaptive if policy == "adaptive" else None
     dec = hybrid_ir(policy, n=1, gamma=3, max_new=2, temperature=1.0, adaptive=adaptive)
+    dec = dataclasses.replace(dec, lookup_gamma=lookup_gamma)
     prompt = jnp.tile(jnp.asarray(PROMPT, jnp.int32), (N, 1))
     lens = jnp.full((N,), len(PROMPT), jnp.int32)
     res = generator(prog, dec)(params, prompt, lens, jax.random.key(11))
@@ -280,6 +323,27 @@ def test_lookup_needs_speed_or_adaptive_with_a_model_draft(overrides):
     first = info.value.diagnostics[0]
     assert first.code == "E-CHECK-LOOKUP" and first.path == "decode.lookup", first.render()
     assert first.hint
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [(["decode.lookup_min=2"], "lookup_min"),
+     (["decode.lookup=2", "decode.lookup_min=3"], "lookup_min"),
+     (["decode.lookup_gamma=8"], "lookup_gamma"),
+     (["decode.lookup=3", "decode.lookup_gamma=8", "decode.policy=adaptive",
+       "+decode.adaptive={rule: heuristic, max_gamma: 6}"], "lookup_gamma")],
+)  # fmt: skip
+def test_lookup_refinements_are_checked(overrides, field):
+    with pytest.raises(SpecError) as info:
+        api.loads(SPEC, overrides=overrides)
+    first = info.value.diagnostics[0]
+    assert first.code == "E-CHECK-LOOKUP" and first.path == f"decode.{field}", first.render()
+    assert first.hint
+    good = api.loads(
+        SPEC, overrides=["decode.lookup=3", "decode.lookup_min=2", "decode.lookup_gamma=8"]
+    )
+    d = build_ir(good).decode
+    assert (d.lookup_min, d.lookup_gamma, d.draft_len) == (2, 8, 8)
 
 
 def test_loop_config_refuses_lookup_without_a_model_draft():
