@@ -12,18 +12,26 @@ teacher-forced passes give every round at every gamma <= G. The rounds are repla
 decode loop's rules (the first round starts at the last prompt token; a round emits its
 accepted drafts and the correction; a row stops at EOS or max_new_tokens), which gives the
 bench's tau and acceptance by draft position, up to fp32 near-ties between a batched
-teacher-forced pass and the decode's step-by-step one. Prompt lookup and hybrid rounds are
-not covered: their drafts do not come from a model.
+teacher-forced pass and the decode's step-by-step one.
+
+Prompt lookup and hybrid drafting (`decode.lookup`, or the bench's `prompt_lookup` n) are
+replayed the same way: the lookup's drafts at every frontier come from the decode's own
+`lookup` over the target's text up to that frontier, and a round drafts by lookup when its
+match is long enough (`lookup_min`), by the model otherwise. A Tandem drafter's draft after a
+lookup round is still its row at that frontier; an independent drafter's is its causal argmax,
+which is what the decode's catch-up gives it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compiler.decode.lookup import lookup
 from compiler.nn.decoder import decoder_forward
 from compiler.nn.tandem import frontier_grid, tandem_forward
 
@@ -42,23 +50,40 @@ def run_acceptance(r) -> dict:
         )
     d = with_eos(r, d)
     g_max = max(b.gammas)
-    prompts = bench_prompts(r, dataclasses.replace(d, gamma=max(g_max, 4)))
+    n_look = d.lookup or b.prompt_lookup
+    look_g = max(d.lookup_gamma, g_max) if n_look else g_max  # the longest round
+    prompts = bench_prompts(r, dataclasses.replace(d, gamma=max(look_g, 4)))
     tokens, lens = encode_prompts(r, [p for _, p in prompts], d)
-    seqs = continuations(r, d, tokens, lens, g_max)
+    seqs = continuations(r, d, tokens, lens, look_g)
     params = trained_params(r)
     drafters = [d.draft, *([b.drafter] if b.drafter else [])]
     out = {"spec": r.spec.name, "max_new_tokens": d.max_new_tokens, "gammas": list(b.gammas),
-           "prompts": [{"kind": k, "text": p} for k, p in prompts], "drafters": {}}  # fmt: skip
+           "prompts": [{"kind": k, "text": p} for k, p in prompts], "drafters": {},
+           "lookup": {}}  # fmt: skip
+    kinds = ["all", *kinds_of(prompts)]
+    tables = lookup_tables(seqs, n_look, look_g) if n_look else None
+
+    def rows_of(preds, min_match: int) -> dict:
+        rows = {}
+        for g in b.gammas:
+            replays = []
+            for i, (s, n) in enumerate(zip(seqs, lens, strict=True)):
+                look = None
+                if tables is not None and min_match:
+                    look = Lookup(*tables[i], min_match, d.lookup_gamma or g)
+                pred = None if preds is None else preds[i]
+                replays.append(replay(pred, s, int(n), d.max_new_tokens, g, d.eos_id, look))
+            rows[g] = {kind: _totals(replays, prompts, kind) for kind in kinds}
+        return rows
+
+    if n_look:
+        out["lookup"][f"prompt lookup n={n_look}"] = rows_of(None, 1)
     for name in drafters:
         preds = greedy_drafts(r.prog, name, params, seqs, g_max, d.draft_vocab)
-        rows = {}
-        kinds = ["all", *kinds_of(prompts)]
-        for g in b.gammas:
-            replays = [
-                replay(p, s, int(n), d.max_new_tokens, g, d.eos_id)
-                for p, s, n in zip(preds, seqs, lens, strict=True)
-            ]
-            rows[g] = {kind: _totals(replays, prompts, kind) for kind in kinds}
+        rows = rows_of(preds, 0)
+        if n_look:
+            least = min(d.lookup_min, n_look) or n_look
+            out["lookup"][f"{name} + lookup n={n_look} from {least}"] = rows_of(preds, least)
         out["drafters"][name] = {
             "tandem": r.prog.is_tandem(name),
             "gammas": rows,
@@ -128,34 +153,72 @@ def _predictor(prog, name: str, g_max: int, draft_vocab: int):
     return jax.jit(predict)
 
 
+@partial(jax.jit, static_argnums=(1, 2))
+def _lookup_everywhere(seq, n: int, gamma: int):
+    t = seq.shape[0]
+    return lookup(jnp.broadcast_to(seq, (t, t)), jnp.arange(t, dtype=jnp.int32), n, gamma)
+
+
+def lookup_tables(seqs, n: int, gamma: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per sequence, prompt lookup's drafts [T, gamma] and match length [T] at every frontier
+    (`compiler.decode.lookup`, which reads the text up to the frontier only). The sequences
+    are padded to one width (one compile)."""
+    width = max(len(s) for s in seqs)
+    out = []
+    for s in seqs:
+        drafts, _, length = _lookup_everywhere(
+            jnp.asarray(np.pad(s, (0, width - len(s)))), n, gamma
+        )
+        out.append((np.asarray(drafts)[: len(s)], np.asarray(length)[: len(s)]))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """One sequence's prompt lookup, as a replay uses it."""
+
+    drafts: np.ndarray  # [T, G] the lookup's drafts at each frontier
+    length: np.ndarray  # [T] its match length there (0: none)
+    min_match: int  # the shortest match that drafts the round
+    gamma: int  # drafts in a lookup round
+
+
 def round_drafts(pred: np.ndarray, f: int, gamma: int) -> np.ndarray:
     """The gamma drafts of a round that starts at frontier f, where it drafts from the target's
     text (up to its first rejected draft)."""
     return pred[f % len(pred), f : f + gamma]
 
 
-def replay(pred: np.ndarray, seq: np.ndarray, prompt_len: int, max_new: int, gamma: int,
-           eos: int) -> dict:  # fmt: skip
+def replay(pred: np.ndarray | None, seq: np.ndarray, prompt_len: int, max_new: int,
+           gamma: int, eos: int, look: Lookup | None = None) -> dict:  # fmt: skip
     """The greedy SPEED rounds of one prompt (`compiler.decode.loops.speculative_step`):
-    rounds, round_tokens (accepted drafts + the correction, summed) and the rounds in which
-    draft i was accepted."""
-    rounds = tokens = 0
-    accepted = np.zeros(gamma, np.int64)
+    rounds, round_tokens (accepted drafts + the correction, summed), the rounds in which
+    draft i was accepted and the rounds drafted by lookup. With `look` a round whose match is
+    long enough drafts by lookup (hybrid drafting); pred None: prompt lookup alone (a round
+    without a match verifies no draft)."""
+    rounds = tokens = by_lookup = 0
+    accepted = np.zeros(max(gamma, look.gamma if look else 0), np.int64)
     n = 0
     while n < max_new:
         f = prompt_len - 1 + n  # the round's first input, which the target has not read yet
-        drafts = round_drafts(pred, f, gamma)
+        hit = look is not None and look.length[f] >= look.min_match
+        if hit:
+            drafts = look.drafts[f, : look.gamma]
+        else:
+            drafts = round_drafts(pred, f, gamma) if pred is not None else seq[:0]
         k = 0
-        while k < gamma and drafts[k] == seq[f + k + 1]:
+        while k < len(drafts) and drafts[k] == seq[f + k + 1]:
             k += 1
         accepted[:k] += 1
         rounds += 1
+        by_lookup += int(hit)
         tokens += k + 1
         emitted = seq[f + 1 : f + k + 2]
         n += k + 1
         if eos >= 0 and (emitted == eos).any():
             break
-    return {"rounds": rounds, "round_tokens": tokens, "accepted_by_pos": accepted}
+    return {"rounds": rounds, "round_tokens": tokens, "accepted_by_pos": accepted,
+            "lookup_rounds": by_lookup}  # fmt: skip
 
 
 def _totals(replays: list[dict], prompts, kind: str) -> dict:
@@ -168,6 +231,7 @@ def _totals(replays: list[dict], prompts, kind: str) -> dict:
         "round_tokens": tokens,
         "tau": tokens / max(rounds, 1),
         "acceptance_by_pos": (accepted / max(rounds, 1)).tolist(),
+        "lookup_share": sum(x["lookup_rounds"] for x in chosen) / max(rounds, 1),
     }
 
 
@@ -207,7 +271,8 @@ def first_draft_by_position(preds, seqs, lens, max_new: int) -> list[dict]:
 def markdown(out: dict) -> str:
     """Three tables: tau and acceptance by draft position per drafter and gamma (with tau per
     prompt class), agreement with the target by distance from the frontier, and first-draft
-    agreement by position in the sequence (with the number of rounds' frontiers)."""
+    agreement by position in the sequence (with the number of rounds' frontiers); and a fourth
+    for prompt lookup and hybrid drafting when the spec has them."""
     kinds = kinds_of((p["kind"], p["text"]) for p in out["prompts"])
     g_max = max(out["gammas"])
     head = ["drafter", "gamma", "tau", *[f"tau {k}" for k in kinds]]
@@ -237,4 +302,14 @@ def markdown(out: dict) -> str:
             for s in starts
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if out.get("lookup"):
+        head = ["with prompt lookup", "gamma", "tau", *[f"tau {k}" for k in kinds]]
+        head += ["rounds by lookup", "rounds"]
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, gammas in out["lookup"].items():
+            for g, by_kind in gammas.items():
+                cells = [name, str(g), f"{by_kind['all']['tau']:.2f}"]
+                cells += [f"{by_kind[k]['tau']:.2f}" for k in kinds]
+                cells += [f"{by_kind['all']['lookup_share']:.0%}", str(by_kind["all"]["rounds"])]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

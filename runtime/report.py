@@ -148,7 +148,7 @@ def print_acceptance(out: dict) -> None:
     console.print(markdown(out), markup=False)
     console.print(
         "tau counts the correction token; d = distance from the frontier (d=1: a round's "
-        "first draft); hybrid (lookup) rounds are not covered"
+        "first draft); a lookup round drafts decode.lookup_gamma tokens (else gamma)"
     )
 
 

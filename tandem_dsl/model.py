@@ -502,10 +502,10 @@ class Decode:
     )
     lookup_gamma: int = opt(
         0,
-        doc="Hybrid drafting: drafts per lookup round (0 = gamma). Copied drafts cost nothing "
-        "and verifying a few more tokens costs little, so a lookup round may draft more than "
-        "the model's gamma (speed: the verify pass is compiled for both lengths; adaptive: at "
-        "most max_gamma).",
+        doc="Hybrid drafting: drafts per lookup round (0 = gamma). Copied drafts cost nothing to "
+        "make, so where verifying a few more tokens is cheap (an accelerator) a lookup round "
+        "may draft more than the model's gamma (speed: the verify pass is compiled for both "
+        "lengths; adaptive: at most max_gamma).",
         minimum=0,
     )
     backend: str = opt(

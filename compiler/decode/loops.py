@@ -216,10 +216,10 @@ def hybrid_drafts(cfg: LoopConfig, params: dict, state: LoopState, key, rule):
     Each row looks up its last n = cfg.lookup tokens in its context first; a row whose longest
     match covers at least cfg.lookup_min of them (all n when 0) drafts the lookup_gamma (else G)
     tokens that followed it (q = one-hot: the drafts are deterministic), the other active rows
-    draft with M_S (its q and stop rule). M_S runs only
-    when some active row has no match (`lax.cond`): on repetitive text the round costs what
-    prompt lookup costs. Its calls count for the rows it drafted (and, with `catch_up`, for the
-    rows whose holes it filled)."""
+    draft with M_S (its q and stop rule). M_S runs only when some active row has no match
+    (`lax.cond`): on repetitive text the round costs what prompt lookup costs. Its calls
+    count for the rows it drafted (and, with `catch_up`, for the rows whose holes it
+    filled)."""
     g, b = cfg.gamma, state.n.shape[0]
     f, active = state.frontier, ~state.done
     look, n_look, length = lookup(state.context, f, cfg.lookup, g)

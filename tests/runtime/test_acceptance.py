@@ -62,10 +62,11 @@ def trained(tmp_path_factory):
     return spec, r
 
 
-def _decoded(r, params, draft: str, gamma: int, eos: int, prompts) -> list[tuple]:
+def _decoded(r, params, draft: str, gamma: int, eos: int, prompts, **lookup) -> list[tuple]:
     """The decode loop itself, one prompt at a time (batch 1, as the bench runs) and one round
-    at a time: per prompt its stats and each round's (frontier, drafts, accepted count)."""
-    d = dataclasses.replace(r.prog.decode, draft=draft, gamma=gamma, eos_id=eos)
+    at a time: per prompt its stats and each round's (frontier, drafts, accepted count).
+    lookup: hybrid drafting's decode settings."""
+    d = dataclasses.replace(r.prog.decode, draft=draft, gamma=gamma, eos_id=eos, **lookup)
     cfg = loop_config(r.prog, d)
     params = draft_head(cfg, params)
     prefill = jax.jit(functools.partial(loops.prefill, cfg))
@@ -137,6 +138,54 @@ def test_replay_equals_the_decode_loop(trained, tmp_path):
     assert frontier_bound > 5  # first drafts that another frontier would have changed
 
 
+HYBRID = [  # (drafter, gamma, decode settings): lookup after a full / shorter match, longer rounds
+    ("small", 3, {"lookup": 3}),
+    ("drafter", 2, {"lookup": 3, "lookup_min": 1, "lookup_gamma": 4}),
+    ("small", 2, {"lookup": 2, "lookup_min": 1, "lookup_gamma": 3}),
+]
+
+
+@pytest.mark.parametrize("which", ["trained", "probe"])
+def test_hybrid_replay_equals_the_decode_loop(trained, tmp_path, which):
+    """Hybrid rounds replayed (the decode's lookup at each frontier, the model's teacher-forced
+    drafts elsewhere) give the loop's rounds, tokens, accepted drafts by position and rounds
+    drafted by lookup; and prompt lookup alone replays as the ngram drafter's loop. The
+    trained target repeats itself (mostly lookup rounds), the probe's writes varied text."""
+    spec, r = trained
+    if which == "probe":
+        r = _probe(spec, tmp_path)
+    d, params = r.prog.decode, run.trained_params(r)
+    prompts = [p for _, p in bench.bench_prompts(r, dataclasses.replace(d, gamma=4))]
+    tokens, lens = run.encode_prompts(r, prompts, d)
+    seqs = acceptance.continuations(r, d, tokens, lens, 4)
+    by_lookup = by_model = 0
+    for draft, gamma, settings in HYBRID:
+        preds = acceptance.greedy_drafts(r.prog, draft, params, seqs, 3, 0)
+        n, lg = settings["lookup"], settings.get("lookup_gamma", 0)
+        tables = acceptance.lookup_tables(seqs, n, max(lg, gamma))
+        least = settings.get("lookup_min", 0) or n
+        loop = _decoded(r, params, draft, gamma, -1, prompts, **settings)
+        for i, (pred, seq, p_len) in enumerate(zip(preds, seqs, lens, strict=True)):
+            look = acceptance.Lookup(*tables[i], least, lg or gamma)
+            x = acceptance.replay(pred, seq, int(p_len), d.max_new_tokens, gamma, -1, look)
+            assert (x["rounds"], x["round_tokens"], x["accepted_by_pos"].tolist()) == loop[i][0]
+            by_lookup += x["lookup_rounds"]
+            by_model += x["rounds"] - x["lookup_rounds"]
+    assert by_lookup > 10 and by_model > (10 if which == "probe" else 0)  # both kinds
+    ngram = dataclasses.replace(d, draft=None, draft_ngram=3, gamma=3)
+    cfg = loop_config(r.prog, ngram)
+    tables = acceptance.lookup_tables(seqs, 3, 3)
+    for i, text in enumerate(prompts):
+        toks, n = run.encode_prompts(r, [text], ngram)
+        res = loops.generate(
+            cfg, {"large": params["large"]}, jnp.asarray(toks), jnp.asarray(n), KEY
+        )
+        s = run.decode_stats([res], 1.0)
+        x = acceptance.replay(None, seqs[i], int(lens[i]), d.max_new_tokens, 3, -1,
+                              acceptance.Lookup(*tables[i], 1, 3))  # fmt: skip
+        assert (x["rounds"], x["round_tokens"]) == (s["rounds"], s["round_tokens"])
+
+
 def test_the_command_prints_both_tables(trained, capsys, tmp_path):
     spec, r = trained
     out_json = tmp_path / "out.json"
@@ -157,6 +206,15 @@ def test_the_command_prints_both_tables(trained, capsys, tmp_path):
     rounds = sum(b["count"] for b in buckets)
     by_position = sum(b["agreement"] * b["count"] for b in buckets) / rounds
     assert by_position == pytest.approx(small["agreement_by_distance"][0])
+    # the bench's prompt_lookup (3): prompt lookup alone and each drafter's hybrid rows
+    assert "| with prompt lookup | gamma | tau |" in text
+    assert set(got["lookup"]) == {
+        "prompt lookup n=3",
+        "small + lookup n=3 from 3",
+        "drafter + lookup n=3 from 3",
+    }
+    hybrid = got["lookup"]["small + lookup n=3 from 3"]["3"]["all"]
+    assert 0 < hybrid["lookup_share"] <= 1 and hybrid["tau"] >= 1
 
 
 def test_first_draft_by_position_buckets_the_frontier():
