@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compiler.decode.lookup import lookup
+from compiler.decode.lookup import lookup, shortest_match
 from compiler.nn.decoder import decoder_forward
 from compiler.nn.tandem import frontier_grid, tandem_forward
 
@@ -82,7 +82,7 @@ def run_acceptance(r) -> dict:
         preds = greedy_drafts(r.prog, name, params, seqs, g_max, d.draft_vocab)
         rows = rows_of(preds, 0)
         if n_look:
-            least = min(d.lookup_min, n_look) or n_look
+            least = shortest_match(n_look, d.lookup_min)
             out["lookup"][f"{name} + lookup n={n_look} from {least}"] = rows_of(preds, least)
         out["drafters"][name] = {
             "tandem": r.prog.is_tandem(name),

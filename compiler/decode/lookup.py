@@ -49,6 +49,12 @@ def lookup(context: jax.Array, frontier: jax.Array, n: int, gamma: int):
     return drafts.astype(jnp.int32), n_draft, best_len
 
 
+def shortest_match(n: int, lookup_min: int) -> int:
+    """The shortest match that drafts a hybrid round by lookup: `lookup_min`, at most n
+    (0: all n tokens)."""
+    return min(lookup_min, n) or n
+
+
 def ngram_draft(context: jax.Array, frontier: jax.Array, n: int, gamma: int) -> Drafts:
     toks, n_draft, _ = lookup(context, frontier, n, gamma)
     zero = jnp.zeros_like(n_draft)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from compiler.decode.drafting import Drafts, catch_up, draft, draft_head, own_kv_from, small_step
-from compiler.decode.lookup import lookup, ngram_draft
+from compiler.decode.lookup import lookup, ngram_draft, shortest_match
 from compiler.decode.rules import FixedRule
 from compiler.decode.sampling import probs, sample
 from compiler.decode.state import (
@@ -225,7 +225,7 @@ def hybrid_drafts(cfg: LoopConfig, params: dict, state: LoopState, key, rule):
     look, n_look, length = lookup(state.context, f, cfg.lookup, g)
     if cfg.lookup_gamma:
         n_look = jnp.minimum(n_look, cfg.lookup_gamma)
-    hit = length >= (cfg.lookup_min or cfg.lookup)
+    hit = length >= shortest_match(cfg.lookup, cfg.lookup_min)
     need = active & ~hit  # the rows M_S drafts for
 
     def model(cache, synced):
