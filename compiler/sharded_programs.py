@@ -97,18 +97,33 @@ def generate_program(prog: ProgramIR, decode, sh: Sharder, *, batch: int | None 
     and the conditional that picks a bucket copied every layer's KV cache each round (~10%
     of the decode, docs/BENCHMARKS.md). Adaptive drafting keeps its buckets (up to
     max_gamma + 1 rows, where they still pay)."""
+    cfg = _loop_config(prog, decode, sh, stop_rule, packed)
+    options = tuple(sorted((compiler_options or {}).items()))
+    return _decode_jit(sharded_generate, cfg, sh.mesh, sh.rules, batch or prog.batch, options,
+                       prog, packed)  # fmt: skip
+
+
+def prefill_program(prog: ProgramIR, decode, sh: Sharder, *, batch: int | None = None,
+                    packed: bool = False):  # fmt: skip
+    """fn(params, prompt, prompt_lens, key) -> the loop state after the prompt pass: the part
+    of `generate_program`'s program (same arguments) before its first round, jitted alike, so
+    that a benchmark can time the decode net of the prompt."""
+    cfg = _loop_config(prog, decode, sh, None, packed)
+    return _decode_jit(sharded_prefill, cfg, sh.mesh, sh.rules, batch or prog.batch, (), prog,
+                       packed)  # fmt: skip
+
+
+def _loop_config(prog: ProgramIR, decode, sh: Sharder, stop_rule, packed: bool):
     from .decode import loop_config
 
     if packed and sh.n_devices > 1:
         raise ShardingError(f"packed decode params run on one device, not {sh.n_devices}")
     plain = packed and (decode or prog.decode).draft_ngram > 0
-    cfg = loop_config(prog, decode, stop_rule=stop_rule, buckets=() if plain else None)
-    options = tuple(sorted((compiler_options or {}).items()))
-    return _generate_jit(cfg, sh.mesh, sh.rules, batch or prog.batch, options, prog, packed)
+    return loop_config(prog, decode, stop_rule=stop_rule, buckets=() if plain else None)
 
 
-@functools.lru_cache(maxsize=8)  # a bench compiles a handful of decode configs: keep those
-def _generate_jit(cfg, mesh, rules, batch, options, prog, packed):
+@functools.lru_cache(maxsize=16)  # a bench compiles a handful of decode configs: keep those
+def _decode_jit(program, cfg, mesh, rules, batch, options, prog, packed):
     sh = Sharder(mesh, rules)
     if packed:  # one device: one sharding for the whole tree, whatever its leaves
         params_sh = sh.replicated
@@ -118,7 +133,7 @@ def _generate_jit(cfg, mesh, rules, batch, options, prog, packed):
         params_sh[ROUTER] = sh.replicated
     rows = sh.tokens((batch,))
     return jax.jit(
-        sharded_generate(cfg, sh),
+        program(cfg, sh),
         in_shardings=(params_sh, sh.named(rows.spec), rows, sh.replicated),
         out_shardings=sh.replicated,
         compiler_options=dict(options) or None,

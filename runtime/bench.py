@@ -12,10 +12,12 @@ wrapped in the tokenizer's chat template, and the lines of `bench.prompt_file` (
 table gives a speedup column.
 Each method is compiled and warmed up first; then the timed runs are interleaved (every method
 on every prompt, `repeats` times) so machine drift hits all methods alike, and the fastest run
-of each (method, prompt) counts. Then the pieces are timed inside compiled loops (one M_S step
-of each drafter, the verify pass at each gamma) to give every SPEED row its ceiling: the speedup
-it would reach if every draft were accepted. Writes bench.json, bench.md and bench.png to the
-run directory.
+of each (method, prompt) counts. Each run is followed by the method's prefill alone (its
+prompt pass, compiled apart), so the table also gives the speedup net of the prompt, which
+costs every method about the same. Then the pieces are timed inside compiled loops (one M_S
+step of each drafter, the verify pass at each gamma) to give every SPEED row its ceiling: the
+speedup it would reach if every draft were accepted. Writes bench.json, bench.md and
+bench.png to the run directory.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def methods(
 
 def run_bench(r) -> dict:
     from compiler.decode.bench import machine_line
-    from compiler.sharded_programs import generate_program
+    from compiler.sharded_programs import generate_program, prefill_program
     from compiler.sharding import Sharder
 
     from .run import decode_params, encode_prompts, with_eos
@@ -156,22 +158,30 @@ def run_bench(r) -> dict:
     r.log(f"bench: {machine}; decode backend {backend}")
     sh = Sharder.for_run(r.prog)
     key = jax.random.key(d.sampling.seed)
-    fns, results = {}, {}
+    fns, prefills, results = {}, {}, {}
     r.log(f"bench: {len(table)} methods x {len(prompts)} prompts, compiling ...")
     for name, dec in table.items():
         t = time.perf_counter()
         fns[name] = generate_program(r.prog, dec, sh, batch=1, packed=backend.packed)
-        jax.block_until_ready(fns[name](params[name], tokens[:1], lens[:1], key))
+        prefills[name] = prefill_program(r.prog, dec, sh, batch=1, packed=backend.packed)
+        for fn in (fns[name], prefills[name]):
+            jax.block_until_ready(fn(params[name], tokens[:1], lens[:1], key))
         r.log(f"bench: {name}: compiled and warmed up in {time.perf_counter() - t:.1f} s")
     best = {(m, i): float("inf") for m in table for i in range(len(prompts))}
+    best_prefill = dict(best)
     for rep in range(b.repeats):
         for i in range(len(prompts)):
             args = (jnp.asarray(tokens[i : i + 1]), jnp.asarray(lens[i : i + 1]), key)
             for name, fn in fns.items():
                 results[name, i], seconds = timed_call(fn, params[name], *args)
                 best[name, i] = min(best[name, i], seconds)
+                seconds = timed_call(prefills[name], params[name], *args)[1]
+                best_prefill[name, i] = min(best_prefill[name, i], seconds)
         r.log(f"bench: timed run {rep + 1}/{b.repeats} done")
-    rows = _rows(table, prompts, results, best)
+    rows = _rows(table, prompts, results, best, best_prefill)
+    ar = rows["autoregressive"]
+    r.log(f"bench: the prompts' prefill is {ar['prefill_seconds']:.2f} s of autoregressive's "
+          f"{ar['seconds']:.2f} s")  # fmt: skip
     drafters = [d.draft, *([b.drafter] if b.drafter else [])]
     costs = measured_costs(r, d, b.gammas, drafters, tokens.shape[1])
     r.log(
@@ -237,7 +247,7 @@ def _add_ceilings(rows: dict, table: dict, costs: dict) -> None:
             rows[name]["ceiling"] = (g + 1) * t_ar / (g * step + costs["verify_ms"][g])
 
 
-def _rows(table, prompts, results, best) -> dict:
+def _rows(table, prompts, results, best, best_prefill) -> dict:
     from .run import decode_stats, token_rows
 
     base = next(iter(table))
@@ -249,6 +259,7 @@ def _rows(table, prompts, results, best) -> dict:
         row = {
             "tokens": s["tokens"],
             "seconds": sum(sec),
+            "prefill_seconds": sum(best_prefill[name, i] for i in range(len(prompts))),
             "tokens_per_s": s["tokens_per_s"],
             "tau": s["tau"] if s["rounds"] else None,
             "large_calls_per_token": s["large_calls_per_token"],
@@ -264,6 +275,9 @@ def _rows(table, prompts, results, best) -> dict:
         rows[name] = row
     for row in rows.values():
         row["speedup"] = rows[base]["seconds"] / row["seconds"]
+        # None where timing noise puts a prefill above its whole run (tiny models)
+        nets = _net(rows[base]), _net(row)
+        row["decode_speedup"] = nets[0] / nets[1] if min(nets) > 0 else None
     for name, row in rows.items():  # Tandem vs standard SPEED at the same gamma (and lookup)
         if name.startswith("Tandem"):
             g, hybrid = name.rsplit("gamma=", 1)[1], "+ lookup" in name
@@ -277,10 +291,16 @@ def _rows(table, prompts, results, best) -> dict:
     return rows
 
 
+def _net(row: dict) -> float:
+    """A row's seconds net of its prompts' prefill (the fastest run of each, timed apart)."""
+    return row["seconds"] - row["prefill_seconds"]
+
+
 def markdown(out: dict) -> str:
     """The table as Markdown (bench.md, and what docs/BENCHMARKS.md quotes)."""
     kinds = kinds_of((p["kind"], p["text"]) for p in out["prompts"])
     head = ["method", "tokens/s", "speedup", *[f"speedup {k}" for k in kinds]]
+    head += ["speedup net of prefill"]
     head += ["vs standard SPEED", "tau", "M_L calls/token", "M_S calls/token"]
     head += ["ceiling (all accepted)"]
     hybrid = any("lookup_share" in row for row in out["rows"].values())
@@ -291,6 +311,8 @@ def markdown(out: dict) -> str:
     for name, row in out["rows"].items():
         cells = [name, f"{row['tokens_per_s']:.1f}", f"{row['speedup']:.2f}x"]
         cells += [f"{row[f'speedup_{k}']:.2f}x" for k in kinds]
+        net = row["decode_speedup"]
+        cells += [f"{net:.2f}x" if net else "-"]
         gain = row.get("gain_over_standard")
         cells += [f"{gain:.2f}x" if gain else "-", f"{row['tau']:.2f}" if row["tau"] else "-"]
         cells += [f"{row['large_calls_per_token']:.3f}", f"{row['small_calls_per_token']:.3f}"]

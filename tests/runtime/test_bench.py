@@ -58,6 +58,8 @@ def test_bench_rows_are_lossless_and_saved(r):
     assert all(row["identical"] for row in rows.values())
     assert rows["autoregressive"]["large_calls_per_token"] == 1.0
     assert rows["autoregressive"]["speedup"] == 1.0
+    assert all(row["prefill_seconds"] > 0 for row in rows.values())
+    assert rows["autoregressive"]["decode_speedup"] in (1.0, None)  # None: noise on tiny models
     assert rows["Tandem + SPEED (small) gamma=3"]["small_calls_per_token"] > 0
     assert "gain_over_standard" in rows["Tandem + SPEED (small) gamma=1"]
     assert set(out["costs"]["step_ms"]) == {"small", "drafter"}
@@ -135,6 +137,25 @@ def test_copy_layers_starts_the_drafter_as_a_slice_of_the_large_model(tmp_path):
         mine = drafter["layers_0" if part == "layers_1" else part]
         for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(large[part]), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_prefill_program_is_the_generate_programs_prompt_pass(r):
+    """The program the bench times apart runs the prompt pass that generate starts with."""
+    from compiler.decode.programs import make_programs
+    from compiler.sharded_programs import prefill_program
+    from compiler.sharding import Sharder
+
+    dec = r.prog.decode
+    params, backend = run.decode_params(r, dec)  # packed for the CPU kernel where it runs
+    prompt, lens = np.array([[5, 9, 2, 7, 1, 3]], np.int32), np.array([4], np.int32)
+    key = jax.random.key(0)
+    sh = Sharder.for_run(r.prog)
+    timed = prefill_program(r.prog, dec, sh, batch=1, packed=backend.packed)
+    timed = timed(params, prompt, lens, key)
+    plain = make_programs(r.prog, dec).prefill(params, prompt, lens, key)
+    timed, plain = (s.replace(key=jax.random.key_data(s.key)) for s in (timed, plain))
+    for a, b in zip(jax.tree.leaves(timed), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 def test_ceiling_is_the_all_accepted_speedup():
