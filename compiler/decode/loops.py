@@ -35,6 +35,7 @@ from compiler.decode.state import (
 )
 from compiler.decode.verify import verify
 from compiler.nn import decoder_block, init_cache, init_small_cache, write_memory
+from compiler.nn.decoder import logits_of
 
 
 def _memory(cfg: LoopConfig, params: dict, small_cache, hiddens, start, count):
@@ -50,14 +51,19 @@ def _memory(cfg: LoopConfig, params: dict, small_cache, hiddens, start, count):
     )
 
 
-def large_block(cfg: LoopConfig, params: dict, large_cache, small_cache, tokens, start, count):
+def large_block(
+    cfg: LoopConfig, params: dict, large_cache, small_cache, tokens, start, count, logits_at=None
+):
     """M_L over tokens [B, K] at start [B] -> (logits [B, K, V], large_cache, small_cache).
 
     With a Tandem M_S the pass also refreshes M_S's memory for the first count[b] positions.
+    logits_at [B]: the logits of token logits_at[b] only, [B, 1, V] (the prefill needs one
+    prediction per row; the output layer over a whole prompt cost ~0.1 s a 256-token prompt).
     """
-    logits, hiddens, large_cache = decoder_block(
-        params[cfg.target.name], cfg.target, large_cache, tokens, start
-    )
+    target = params[cfg.target.name]
+    logits, hiddens, large_cache = decoder_block(target, cfg.target, large_cache, tokens, start)
+    if logits_at is not None:  # the full logits above are then dead code, left out by XLA
+        logits = logits_of(target, cfg.target, gather_rows(hiddens[-1], logits_at)[:, None])
     if small_cache is not None:
         small_cache = _memory(cfg, params, small_cache, hiddens, start, count)
     return logits, large_cache, small_cache
@@ -98,7 +104,7 @@ def prefill(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> LoopStat
             stats = stats.replace(small_calls=jnp.ones((b,), jnp.int32))
     count = lens if first else lens - 1
     logits, large_cache, small_cache = large_block(
-        cfg, params, large_cache, small_cache, prompt, zero, count
+        cfg, params, large_cache, small_cache, prompt, zero, count, lens - 1 if first else None
     )
     v = cfg.target.vocab
     state = LoopState(
@@ -122,7 +128,7 @@ def prefill(cfg: LoopConfig, params: dict, prompt, prompt_lens, key) -> LoopStat
     if not first:
         return state
     key, k = jax.random.split(key)
-    lg = gather_rows(logits, lens - 1)  # [B, V] prediction after the last prompt token
+    lg = logits[:, 0]  # [B, V] prediction after the last prompt token
     tok = sample(k, lg, cfg.sampling)
     state = emit(cfg, state.replace(key=key), tok[:, None], jnp.ones((b,), jnp.int32), lg[:, None])
     return state.replace(prev=state.last, last=tok)

@@ -52,6 +52,22 @@ def test_pieces_compose_into_a_greedy_round():
     assert state.large_cache[0]["k"].is_deleted()  # donated to large_block
 
 
+def test_large_block_logits_at_one_position_per_row():
+    """The prefill's head over one position per row equals that row of the full logits."""
+    from compiler.decode import loops
+
+    prog = program("tandem")
+    params = params_for(prog)
+    cfg = loop_config(prog, decode_ir("autoregressive"))
+    toks, lens = prompts(2, [3, 5], 6)
+    state = make_programs(prog, decode_ir("autoregressive")).prefill(params, toks, lens, KEY)
+    args = (cfg, params, state.large_cache, None, jnp.asarray(toks), jnp.zeros((2,), jnp.int32))
+    full = loops.large_block(*args, lens)[0]
+    one = loops.large_block(*args, lens, jnp.asarray(lens) - 1)[0]
+    assert one.shape == (2, 1, full.shape[-1])
+    np.testing.assert_allclose(one[:, 0], full[[0, 1], np.asarray(lens) - 1], rtol=1e-5, atol=1e-5)
+
+
 @dataclasses.dataclass(frozen=True)
 class RouterLikeRule(Rule):
     """Reads its decision input from params, like a trained router would."""
