@@ -117,6 +117,7 @@ def _wiring(spec: Spec, w) -> WiringIR:
         block_max=w.block_max or w.block,
         random_offset=w.random_offset,
         fuse=w.fuse,
+        predict=w.predict,
     )
 
 

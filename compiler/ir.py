@@ -200,6 +200,8 @@ class WiringIR:
     block_max: int = 2  # == block: fixed; > block: sampled per sequence from [block, block_max]
     random_offset: bool = False  # shift the block grid by a random offset per sequence
     fuse: int | None = None  # memory layer whose last processed state feeds M_S's input
+    # memory prediction past the frontier; the weight of its regression loss
+    predict: float | None = None
 
     @property
     def wired_layers(self) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ import jax
 from . import nn
 from .ir import ProgramIR
 from .memory import REMAT_CHOICES, activation_bytes, with_remat
-from .nn.params import fuses
+from .nn.params import fuses, predicts
 from .nn.projection import param_count
 from .shapes import abstract_params, train_state_shape
 from .sharding import Sharder
@@ -22,7 +22,12 @@ def param_counts(prog: ProgramIR) -> dict[str, int]:
         if w.kind != "none" and w.projection is not None:
             counts.setdefault(
                 w.projection.name,
-                param_count(w.projection, len(w.wired_layers), fuses(prog, w.projection)),
+                param_count(
+                    w.projection,
+                    len(w.wired_layers),
+                    fuses(prog, w.projection),
+                    predicts(prog, w.projection),
+                ),
             )
     return counts
 
@@ -45,7 +50,7 @@ def make_plan(prog: ProgramIR) -> dict:
             wiring.append({"query": w.query, "kind": "none"})
             continue
         p = w.projection
-        n = param_count(p, len(w.wired_layers), fuses(prog, p))
+        n = param_count(p, len(w.wired_layers), fuses(prog, p), predicts(prog, p))
         projections[p.name] = {
             "params": n,
             "kind": p.kind,
@@ -59,6 +64,7 @@ def make_plan(prog: ProgramIR) -> dict:
                 "via": p.name,
                 "block": w.block,
                 "fuse": w.fuse,
+                "predict": w.predict,
                 "layers": [{"small": j, "large": src} for j, src in enumerate(w.layer_map)],
             }
         )

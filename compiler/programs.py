@@ -99,15 +99,23 @@ def decode_pieces(prog: ProgramIR, sh: Sharder) -> list[ProgramDef]:
         wiring = prog.wiring_of(d.draft)
         small_cache, small_sh = sharded_cache(draft, wiring)
 
+        # the draft's params; with memory prediction {draft: ..., its projection: ...}
+        predicting = wiring is not None and wiring.predict is not None
+        names = [draft.name, wiring.projection.name] if predicting else [draft.name]
+        draft_args = {n: sh.abstract_args(params[n], params_sh[n]) for n in names}
+
         def step(p, cache, tokens, start):
-            return nn.small_block(p, draft, wiring, cache, tokens, start)
+            if not predicting:
+                return nn.small_block(p, draft, wiring, cache, tokens, start)
+            proj = p[wiring.projection.name]
+            return nn.small_block(p[draft.name], draft, wiring, cache, tokens, start, proj)
 
         out.append(
             ProgramDef(
                 "small_step",
                 pinned(step, small_sh),
                 (
-                    sh.abstract_args(params[draft.name], params_sh[draft.name]),
+                    draft_args if predicting else draft_args[draft.name],
                     small_cache,
                     _tokens(sh, batch, 1),
                     _tokens(sh, batch),

@@ -147,7 +147,8 @@ def _predictor(prog, name: str, g_max: int, draft_vocab: int):
         rows = []
         for o in range(g_max):
             frontier = frontier_grid(seq.shape[1], g_max, o)
-            rows.append(greedy(tandem_forward(params[name], proj, cfg, w, hiddens, seq, frontier)))
+            logits = tandem_forward(params[name], proj, cfg, w, hiddens, seq, frontier, depth=g_max)
+            rows.append(greedy(logits))
         return jnp.stack(rows)
 
     return jax.jit(predict)

@@ -82,7 +82,7 @@ def upgrade(recorded: dict) -> dict:
     """A config recorded by an older tandem-dsl, in today's form: it listed max_len for
     every model, and it had no settings that default to what it did: new model fields
     (`_new_model_fields`), copied layers, a projection's init, a teacher cache, the JSONL
-    text field, an objective's draft vocabulary, a wiring's feature input."""
+    text field, an objective's draft vocabulary, a wiring's feature input and memory prediction."""
     models = {
         name: {**_new_model_fields(m), **_weight_shape(m)}
         for name, m in recorded.get("models", {}).items()
@@ -90,7 +90,10 @@ def upgrade(recorded: dict) -> dict:
     for m in models.values():
         if "init" in m:
             m["init"] = {"copy_layers": [], **m["init"]}
-    wirings = [{"fuse": None, **_with_projection_init(w)} for w in recorded.get("wiring", [])]
+    wirings = [
+        {"fuse": None, "predict": None, **_with_projection_init(w)}
+        for w in recorded.get("wiring", [])
+    ]
     stage = {"teacher_cache": None, **recorded.get("stage", {})}
     if "objective" in stage:
         stage["objective"] = {"draft_vocab": 0, **stage["objective"]}

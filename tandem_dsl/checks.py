@@ -306,7 +306,7 @@ def wiring(ctx: Context):
             )
         seen[w.query] = i
         if w.kind == "none":
-            for key in ("memory", "via", "layers", "fuse"):
+            for key in ("memory", "via", "layers", "fuse", "predict"):
                 if getattr(w, key) is not None:
                     ctx.error(
                         "E-CHECK-WIRING-NONE",
@@ -366,6 +366,10 @@ def wiring(ctx: Context):
             problem = rules.fused_wiring(w.fuse, n_large, None in wired)
             if problem:
                 ctx.error("E-CHECK-FUSE", problem, p + ("fuse",), rules.FUSE_HINT.format(n=n_large))
+        if w.predict is not None and None in wired:
+            ctx.error(
+                "E-CHECK-PREDICT", rules.PREDICT_PROBLEM, p + ("predict",), rules.PREDICT_HINT
+            )
 
 
 def _check_projection(ctx: Context, w: Wiring, p: tuple) -> None:

@@ -322,6 +322,18 @@ class Wiring:
         "layer wired.",
         minimum=0,
     )
+    predict: float | None = opt(
+        None,
+        doc="Memory prediction (as EAGLE's feature prediction): at the positions past the "
+        "frontier (drafts the memory model has not processed yet) every wired query layer "
+        "reads a memory vector that the query model predicts from its own last state (a "
+        "linear map per wired layer), in place of its own keys and values. The value weighs "
+        "the training loss that regresses the prediction onto the projected memory (0: learned "
+        "through the token loss alone). Training runs the query model block_max times per "
+        "step (all but the last without gradients), so that every draft sees the predictions "
+        "decoding gives it. Needs every query layer wired.",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -153,6 +153,9 @@ def fused_wiring(fuse: int, n_large: int, unwired: bool) -> str | None:
 
 FUSE_HINT = "fuse: 0..{n} (n: its last layer), with `layers` wiring every small layer"
 
+PREDICT_PROBLEM = "predict needs every layer of the query model wired (`layers` leaves some causal)"
+PREDICT_HINT = "drop `predict`, or wire every small layer in `layers`"
+
 
 # --- training
 

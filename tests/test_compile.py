@@ -88,8 +88,9 @@ def test_compile_writes_artifacts_and_exports_run_on_cpu(tmp_path):
         ["projections.l2s.type=mlp", "+projections.l2s.hidden=64"],
         ["models.small.n_heads=4", "+models.small.n_kv_heads=2", "wiring.0.block=3"],
         ["~wiring.0.layers"],
+        ["+wiring.0.predict=1.0"],
     ],
-    ids=["final-layer-shared", "mlp-projection", "gqa-small-gamma3", "proportional"],
+    ids=["final-layer-shared", "mlp-projection", "gqa-small-gamma3", "proportional", "predict"],
 )
 def test_variants_are_spec_edits(overrides):
     spec = ROOT / "specs/quickstart.yaml"

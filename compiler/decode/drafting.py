@@ -64,7 +64,8 @@ def small_step(cfg: LoopConfig, params: dict, cache, tokens, start):
     if cfg.draft_vocab:
         params = draft_head(cfg, params)
         model = dataclasses.replace(model, vocab=cfg.draft_vocab, tie_embeddings=False)
-    return small_block(params[model.name], model, cfg.wiring, cache, tokens, start)
+    proj = params.get(cfg.projection) if cfg.projection else None
+    return small_block(params[model.name], model, cfg.wiring, cache, tokens, start, proj)
 
 
 def draft(

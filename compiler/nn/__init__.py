@@ -21,6 +21,7 @@ from compiler.nn.tandem import (
     init_small_cache,
     small_block,
     tandem_forward,
+    tandem_forward_and_prediction,
     training_frontier,
     write_memory,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "run_layers",
     "small_block",
     "tandem_forward",
+    "tandem_forward_and_prediction",
     "tandem_mask",
     "training_frontier",
     "write_memory",

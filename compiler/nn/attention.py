@@ -181,6 +181,22 @@ def tandem_mask(frontier: jax.Array) -> jax.Array:
     return jnp.concatenate([projected, own], axis=-1)
 
 
+def predicting_mask(frontier: jax.Array) -> jax.Array:
+    """frontier [B, T] -> [B, T, 3T] bool, slots [projected ; predicted ; own] (0..T-1 each):
+    query t reads projected slot s iff s < f, predicted slot s iff f <= s < t and only its
+    own slot t (memory prediction, `compiler.nn.tandem`)."""
+    frontier = jnp.asarray(frontier, jnp.int32)
+    t = frontier.shape[1]
+    pos = jnp.arange(t, dtype=jnp.int32)
+    f = frontier[:, :, None]  # [B, T, 1]
+    s = pos[None, None, :]  # [1, 1, T]
+    q = pos[None, :, None]  # [1, T, 1]
+    projected = jnp.broadcast_to(s < f, (frontier.shape[0], t, t))
+    predicted = (s >= f) & (s < q)
+    own = jnp.broadcast_to(s == q, predicted.shape)
+    return jnp.concatenate([projected, predicted, own], axis=-1)
+
+
 # ----------------------------------------------------------------------------- cache writes
 
 

@@ -42,7 +42,7 @@ def init_params(prog: ProgramIR, rng) -> dict:
         dtype = prog.model(wiring.query).dtype
         key = _key(rng, proj.name)
         params[proj.name] = init_projection(
-            proj, wiring.wired_layers, key, dtype, fuses(prog, proj)
+            proj, wiring.wired_layers, key, dtype, fuses(prog, proj), predicts(prog, proj)
         )
     return params
 
@@ -50,6 +50,11 @@ def init_params(prog: ProgramIR, rng) -> dict:
 def fuses(prog: ProgramIR, proj) -> bool:
     """Does a wiring through `proj` take a feature input (its params then hold "fuse")?"""
     return any(w.fuse is not None and w.projection == proj for w in prog.wirings)
+
+
+def predicts(prog: ProgramIR, proj) -> bool:
+    """Does a wiring through `proj` predict memory (its params then hold "predict")?"""
+    return any(w.predict is not None and w.projection == proj for w in prog.wirings)
 
 
 def init_model(prog: ProgramIR, name: str, seed: int = 0) -> dict:

@@ -5,6 +5,8 @@ Params, keyed by the small layer that reads them (per_layer) or one shared copy:
   shared:    {"shared": copy}
   fuse:      {"fuse": {"w": [d_in, d_out], "gain": [d_out] zeros}} (a wiring's `fuse`,
              `fused_input`)
+  predict:   {"predict": {"layers_<j>": {"w": [d_out, d_out]}}} for every wired small layer j
+             (a wiring's `predict`, `compiler.nn.tandem.predicted_memory`)
 A copy's leaves are what its kind says (`KINDS`). The spec names the kinds
 (`tandem_dsl.model.PROJECTION_KINDS`, with whether each needs `hidden`); every name has one
 entry here, which owns its params (shapes, init, logical axes) and its map
@@ -120,25 +122,32 @@ def _init_copy(proj: ProjectionIR, dt) -> dict:
     }
 
 
-def param_count(proj: ProjectionIR, n_wired: int, fuse: bool = False) -> int:
+def param_count(proj: ProjectionIR, n_wired: int, fuse: bool = False, predict: bool = False) -> int:
     """Exact size of `init_projection` for `n_wired` wired small layers."""
     one = sum(math.prod(leaf.shape) for leaf in kind_of(proj).leaves(proj).values())
-    return one * (n_wired if proj.per_layer else 1) + ((proj.d_in + 1) * proj.d_out if fuse else 0)
+    n = one * (n_wired if proj.per_layer else 1)
+    n += (proj.d_in + 1) * proj.d_out if fuse else 0
+    return n + (n_wired * proj.d_out * proj.d_out if predict else 0)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 3, 4))
+@partial(jax.jit, static_argnums=(0, 1, 3, 4, 5))
 def init_projection(
     proj: ProjectionIR,
     wired_layers: tuple[int, ...],
     rng,
     dtype: str = "float32",
     fuse: bool = False,
+    predict: bool = False,
 ) -> dict:
-    return materialize(projection_spec(proj, wired_layers, dtype, fuse), rng)
+    return materialize(projection_spec(proj, wired_layers, dtype, fuse, predict), rng)
 
 
 def projection_spec(
-    proj: ProjectionIR, wired_layers: tuple[int, ...], dtype: str, fuse: bool = False
+    proj: ProjectionIR,
+    wired_layers: tuple[int, ...],
+    dtype: str,
+    fuse: bool = False,
+    predict: bool = False,
 ) -> dict:
     dt = DTYPES[dtype]
     if not proj.per_layer:
@@ -150,6 +159,9 @@ def projection_spec(
             "w": normal((proj.d_in, proj.d_out), proj.d_in**-0.5, dt),
             "gain": jnp.zeros((proj.d_out,), dt),
         }
+    if predict:
+        d = proj.d_out
+        out["predict"] = {f"layers_{j}": {"w": normal((d, d), d**-0.5, dt)} for j in wired_layers}
     return out
 
 

@@ -12,6 +12,13 @@ projected-M_L K/V at the positions M_L just processed; `small_block` writes M_S'
 at the positions it processes and attends to slots s <= p. So slots below the frontier hold
 projected K/V and slots from the frontier on hold M_S's own, which is exactly the training
 mask: `tests/compiler/test_cache_rule.py` checks that the two agree.
+
+Memory prediction (wiring.predict, as EAGLE predicts the target's features): past the
+frontier a wired layer reads, at every earlier slot, a memory vector M_S predicted from its
+own last state at that slot (`predicted_memory`), and its own K/V only at the query's slot.
+Decoding writes the prediction over a slot's own K/V once M_S has processed it; training
+attends over [projected ; predicted ; own], with predictions from the pass before, which is
+exact at every distance from the frontier after `block_max` passes (`tandem_forward`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,14 @@ import jax
 import jax.numpy as jnp
 
 from compiler.ir import DecoderIR, ScaleIR, WiringIR
-from compiler.nn.attention import Causal, causal_mask, keys_values, tandem_mask, write_rows
+from compiler.nn.attention import (
+    Causal,
+    causal_mask,
+    keys_values,
+    predicting_mask,
+    tandem_mask,
+    write_rows,
+)
 from compiler.nn.decoder import (
     decoder_block,
     decoder_forward,
@@ -82,10 +96,43 @@ def frontier_grid(seq_len: int, gamma, offset) -> jax.Array:
 
 def _projected_kv(small_params, proj_params, small_cfg, wiring, layer, large_hidden, positions):
     """P_j(large rep) -> layer j's k, v [B, T, K, E] (own norm, W_K, W_V, RoPE at positions)."""
-    p = small_params[f"layers_{layer}"]
     m = project(proj_params, wiring.projection, layer, large_hidden)  # [B, T, D_S]
+    return _memory_kv(small_params, small_cfg, layer, m, positions)
+
+
+def _memory_kv(small_params, small_cfg, layer, m, positions):
+    """A memory vector m [B, T, D_S] -> layer j's k, v [B, T, K, E]."""
+    p = small_params[f"layers_{layer}"]
     m = m.astype(p["attn_norm"]["scale"].dtype)
     return keys_values(p["attn"], small_cfg, norm(p["attn_norm"], small_cfg, m), positions)
+
+
+def predicted_memory(small_params, proj_params, small_cfg, layer, last_hidden) -> jax.Array:
+    """M_S's guess of wired layer j's memory vector at its own positions: a linear map of its
+    last hidden state (after the final norm, as the output layer reads it). [B, T, D_S]."""
+    w = proj_params["predict"][f"layers_{layer}"]["w"]
+    y = norm(small_params["final_norm"], small_cfg, last_hidden)
+    return jnp.einsum("btd,de->bte", y.astype(w.dtype), w)
+
+
+def _unit_rms(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
+def prediction_loss(small_params, proj_params, small_cfg, wiring, large_hiddens, last_hidden):
+    """Mean squared distance between the predicted and the projected memory vectors, both
+    RMS-normalized (the layer norms them before reading; only the direction counts), over
+    every position and wired layer. The projected target is a constant here: the projection
+    learns from the token loss only, so the two cannot meet by shrinking together."""
+    total = 0.0
+    for layer in wiring.wired_layers:
+        src = wiring.layer_map[layer]
+        target = project(proj_params, wiring.projection, layer, large_hiddens[src])
+        guess = predicted_memory(small_params, proj_params, small_cfg, layer, last_hidden)
+        diff = _unit_rms(guess) - jax.lax.stop_gradient(_unit_rms(target))
+        total = total + jnp.mean(diff * diff)
+    return total / len(wiring.wired_layers)
 
 
 def _last_memory_feature(proj_params, large_hidden, frontier) -> jax.Array:
@@ -106,6 +153,7 @@ def tandem_forward(
     tokens: jax.Array,
     frontier: jax.Array,
     scale: ScaleIR | None = None,
+    depth: int | None = None,
 ) -> jax.Array:
     """Teacher-forced Tandem M_S. tokens [B, T], frontier [B, T] -> logits [B, T, V] f32.
 
@@ -113,9 +161,29 @@ def tandem_forward(
     of [B, T, D_L]); the caller applies stop_gradient when M_L is frozen. Unwired layers are
     ordinary causal layers; wiring.kind == "none" is a plain causal pass. `scale` as for
     `run_layers`, but the layers stay unrolled (each reads its own large-model layer).
+    depth (memory prediction only): the most positions any query lies past its frontier,
+    plus one (the block length; default wiring.block_max).
     """
+    return tandem_forward_and_prediction(
+        small_params, proj_params, small_cfg, wiring, large_hiddens, tokens, frontier, scale, depth
+    )[0]
+
+
+def tandem_forward_and_prediction(
+    small_params: dict,
+    proj_params: dict | None,
+    small_cfg: DecoderIR,
+    wiring: WiringIR,
+    large_hiddens: list[jax.Array],
+    tokens: jax.Array,
+    frontier: jax.Array,
+    scale: ScaleIR | None = None,
+    depth: int | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """`tandem_forward`'s logits and, with memory prediction, its `prediction_loss` (else
+    None)."""
     if wiring.kind == "none":
-        return decoder_forward(small_params, small_cfg, tokens, scale=scale)[0]
+        return decoder_forward(small_params, small_cfg, tokens, scale=scale)[0], None
     if scale is not None:
         scale = dataclasses.replace(scale, scan_layers=False)
     positions = default_positions(tokens)  # [B, T]
@@ -124,21 +192,45 @@ def tandem_forward(
         x = x + _last_memory_feature(proj_params, large_hiddens[wiring.fuse], frontier)
     fused = scale is not None and scale.attention == "fused"
     causal = Causal() if fused else causal_mask(positions, positions)  # unwired layers
-    mixed = tandem_mask(frontier)  # [B, T, 2T]
 
-    def tandem_context(layer, p, k, v):
-        src = wiring.layer_map[layer]
-        if src is None:
-            return k, v, causal
-        km, vm = _projected_kv(
-            small_params, proj_params, small_cfg, wiring, layer, large_hiddens[src], positions
-        )
-        keys = jnp.concatenate([km, k], axis=1)  # [B, 2T, K, E]
-        values = jnp.concatenate([vm, v], axis=1)
-        return keys, values, mixed
+    def run(sp, pp, predicted):
+        """M_S's hiddens; predicted: {layer: memory vectors [B, T, D_S]} past the frontier, or
+        None for its own K/V there."""
+        mask = tandem_mask(frontier) if predicted is None else predicting_mask(frontier)
 
-    hiddens = run_layers(small_params, small_cfg, x, positions, tandem_context, scale)
-    return logits_of(small_params, small_cfg, hiddens[-1])
+        def tandem_context(layer, p, k, v):
+            src = wiring.layer_map[layer]
+            if src is None:
+                return k, v, causal
+            parts = [_projected_kv(sp, pp, small_cfg, wiring, layer, large_hiddens[src], positions)]
+            if predicted is not None:
+                parts.append(_memory_kv(sp, small_cfg, layer, predicted[layer], positions))
+            parts.append((k, v))
+            keys = jnp.concatenate([kv[0] for kv in parts], axis=1)  # [B, 2T or 3T, K, E]
+            values = jnp.concatenate([kv[1] for kv in parts], axis=1)
+            return keys, values, mask
+
+        return run_layers(sp, small_cfg, x, positions, tandem_context, scale)
+
+    def predictions(sp, pp, last_hidden):
+        return {j: predicted_memory(sp, pp, small_cfg, j, last_hidden) for j in wiring.wired_layers}
+
+    predicted = None
+    if wiring.predict is not None:
+        depth = wiring.block_max if depth is None else depth
+        # pass k (no gradients) is exact up to k positions past the frontier
+        frozen = jax.lax.stop_gradient((small_params, proj_params))
+        last = None
+        for _ in range(depth - 1):
+            last = run(*frozen, last if last is None else predictions(*frozen, last))[-1]
+        if last is not None:
+            predicted = predictions(small_params, proj_params, jax.lax.stop_gradient(last))
+    hiddens = run(small_params, proj_params, predicted)
+    logits = logits_of(small_params, small_cfg, hiddens[-1])
+    if wiring.predict is None:
+        return logits, None
+    loss = prediction_loss(small_params, proj_params, small_cfg, wiring, large_hiddens, hiddens[-1])
+    return logits, loss
 
 
 def small_block(
@@ -148,18 +240,32 @@ def small_block(
     cache: list[dict],
     tokens: jax.Array,
     start: jax.Array,
+    proj_params: dict | None = None,
 ) -> tuple[jax.Array, list[dict]]:
     """Decode-time M_S over tokens [B, K] at positions start[b] + i -> (logits, new_cache).
 
     Writes M_S's own K/V at [start, start + K) in every layer, then attends to slots s <= p
     of its single per-layer cache: below the frontier those hold projected M_L K/V (put
     there by `write_memory`), from the frontier on its own. With a feature input (wiring.fuse)
-    every token also adds the fused M_L state that `write_memory` left in the cache.
+    every token also adds the fused M_L state that `write_memory` left in the cache. With
+    memory prediction (wiring.predict, proj_params needed) the wired layers' slots of these
+    tokens then get the K/V of M_S's predicted memory in place of its own, which is what the
+    next tokens read there (one token per call, as drafting runs it).
     """
     extra = None
     if wiring is not None and wiring.fuse is not None:
         extra = cache[small_cfg.n_layers]["fuse"]
-    logits, _, new_cache = decoder_block(small_params, small_cfg, cache, tokens, start, extra)
+    logits, hiddens, new_cache = decoder_block(small_params, small_cfg, cache, tokens, start, extra)
+    if wiring is not None and wiring.predict is not None:
+        start = jnp.asarray(start, jnp.int32)
+        positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
+        for layer in wiring.wired_layers:
+            m = predicted_memory(small_params, proj_params, small_cfg, layer, hiddens[-1])
+            km, vm = _memory_kv(small_params, small_cfg, layer, m, positions)
+            new_cache[layer] = {
+                "k": write_rows(new_cache[layer]["k"], km, start),
+                "v": write_rows(new_cache[layer]["v"], vm, start),
+            }
     return logits, new_cache
 
 

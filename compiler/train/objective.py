@@ -32,7 +32,12 @@ import jax.numpy as jnp
 from compiler import loss_mask
 from compiler.errors import IRInvariantError
 from compiler.ir import DecoderIR, ObjectiveIR, ProgramIR, TrainStageIR, WiringIR
-from compiler.nn import cut_head, decoder_forward, tandem_forward, training_frontier
+from compiler.nn import (
+    cut_head,
+    decoder_forward,
+    tandem_forward_and_prediction,
+    training_frontier,
+)
 from compiler.train.losses import (
     TopK,
     accuracy,
@@ -161,7 +166,8 @@ def forward(
     plan: StagePlan, params: dict, inputs: jax.Array, frontier_rng, block=None, stored=None
 ):
     """inputs [B, T] -> (logits [B, T, V], reference logits [B, T, V] (a TopK when stored) or
-    None). The student's V is the objective's draft_vocab when that is set.
+    None, the wiring's memory-prediction loss or None). The student's V is the objective's
+    draft_vocab when that is set.
 
     params: every model/projection by name; frozen ones must already be stop_gradient-ed.
     frontier_rng: for a sampled block length / random offset (None: the fixed grid).
@@ -174,7 +180,7 @@ def forward(
     student = params[plan.model.name]
     if plan.stage.objective.draft_vocab:  # logits [B, T, draft_vocab]
         student = cut_head(student, plan.stage.objective.draft_vocab)
-    memory_logits = None
+    memory_logits = prediction = None
     if plan.wiring is not None:
         w = plan.wiring
         if stored is not None:
@@ -190,7 +196,10 @@ def forward(
         else:
             frontier = training_frontier(b, t, w.block, w.block_max, w.random_offset, frontier_rng)
         proj = params.get(w.projection.name)
-        logits = tandem_forward(student, proj, plan.model, w, hiddens, inputs, frontier, scale)
+        depth = block or w.block_max
+        logits, prediction = tandem_forward_and_prediction(
+            student, proj, plan.model, w, hiddens, inputs, frontier, scale, depth
+        )
     else:
         logits = decoder_forward(student, plan.model, inputs, scale=scale)[0]
     reference = None
@@ -207,7 +216,7 @@ def forward(
         reference = memory_logits
     if reference is not None:
         reference = jax.lax.stop_gradient(reference)
-    return logits, reference
+    return logits, reference, prediction
 
 
 def hidden_key(layer: int) -> str:
@@ -232,8 +241,12 @@ def stored_hiddens(plan: StagePlan, stored: dict, rng) -> dict:
     return hiddens
 
 
-def loss_and_metrics(plan: StagePlan, logits, reference, targets) -> tuple[jax.Array, dict]:
-    """targets: as in the batch (with their no-loss flags under `stage.loss_mask`)."""
+def loss_and_metrics(
+    plan: StagePlan, logits, reference, targets, prediction=None
+) -> tuple[jax.Array, dict]:
+    """targets: as in the batch (with their no-loss flags under `stage.loss_mask`).
+    prediction: the memory-prediction loss (`compiler.nn.tandem.prediction_loss`), added with
+    the wiring's `predict` weight."""
     obj = plan.stage.objective
     weights = None
     if plan.stage.loss_mask:
@@ -248,6 +261,9 @@ def loss_and_metrics(plan: StagePlan, logits, reference, targets) -> tuple[jax.A
     metrics.update(parts)
     if reference is not None:
         metrics["agreement"] = agreement(logits, reference, weights)
+    if prediction is not None:
+        metrics["prediction"] = prediction
+        loss = loss + plan.wiring.predict * prediction
     metrics["loss"] = loss
     return loss, metrics
 
@@ -274,7 +290,7 @@ def make_loss_fn(prog: ProgramIR, stage: TrainStageIR, block: int | None = None)
         inputs, targets = batch[:, :-1], batch[:, 1:]
         if stage.loss_mask:  # the models read clean ids; the loss reads the flags
             inputs = loss_mask.token_ids(inputs)
-        logits, reference = forward(plan, params, inputs, rng, block, stored)
-        return loss_and_metrics(plan, logits, reference, targets)
+        logits, reference, prediction = forward(plan, params, inputs, rng, block, stored)
+        return loss_and_metrics(plan, logits, reference, targets, prediction)
 
     return loss_fn

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tiny_ir import VOCAB, jit, small_cfg, tandem_variant
+from tiny_ir import VOCAB, jit, replace, small_cfg, tandem_variant
 
 from compiler.ir import WiringIR
 from compiler.nn import (
@@ -29,7 +29,13 @@ from compiler.nn import (
 ATOL = 2e-5
 
 large_block = jit(decoder_block, static_argnums=(1,))
-small_step = jit(small_block, static_argnums=(1, 2))
+_small_block = jit(small_block, static_argnums=(1, 2))
+
+
+def small_step(sp, small, wiring, cache, tokens, start, pp=None):
+    return _small_block(sp, small, wiring, cache, tokens, start, pp)
+
+
 memory = jit(write_memory, static_argnums=(2, 3))
 teacher_forced = jit(tandem_forward, static_argnums=(2, 3))
 forward = jit(decoder_forward, static_argnums=(1,))
@@ -37,8 +43,8 @@ forward = jit(decoder_forward, static_argnums=(1,))
 
 def _init(large, small, wiring, seed=0):
     k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
-    fuse = wiring.fuse is not None
-    proj = init_projection(wiring.projection, wiring.wired_layers, k3, "float32", fuse)
+    fuse, predict = wiring.fuse is not None, wiring.predict is not None
+    proj = init_projection(wiring.projection, wiring.wired_layers, k3, "float32", fuse, predict)
     if fuse:  # its gain starts at zero; a random one makes the feature input count
         proj["fuse"]["gain"] = jax.random.normal(k4, proj["fuse"]["gain"].shape)
     return init_decoder(large, k1), init_decoder(small, k2), proj
@@ -75,7 +81,7 @@ def decode(large, small, wiring, lp, sp, pp, tokens, prompts, accept):
         for i in range(GAMMA):
             start = jnp.asarray(front + i, jnp.int32)
             logits, s_cache = small_step(
-                sp, small, wiring, s_cache, jnp.asarray(drafts[:, i : i + 1]), start
+                sp, small, wiring, s_cache, jnp.asarray(drafts[:, i : i + 1]), start, pp
             )
             for r in range(B):
                 if i < keep[r] and front[r] + i < T:
@@ -160,3 +166,24 @@ def test_independent_drafter_ignores_memory():
         assert same is cache
         got.append(np.asarray(logits))
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=ATOL)
+
+
+def test_memory_prediction_is_read_past_the_frontier_and_needs_every_pass():
+    """Sanity for the predicted-memory variant: at a frontier (distance 0) the logits are the
+    plain Tandem model's, past it they differ; with one training pass too few, the logits at
+    the deepest distance change (the equality above needs every pass)."""
+    large, small, wiring = tandem_variant("predicted-memory-gqa")
+    lp, sp, pp = _init(large, small, wiring)
+    tokens = _tokens()
+    frontier = training_frontier(B, T, GAMMA)
+    distance = np.asarray(jnp.arange(T)[None, :] - frontier)
+    full = _teacher_forced(large, small, wiring, lp, sp, pp, tokens, frontier)
+    plain = replace(wiring, predict=None)
+    own = _teacher_forced(large, small, plain, lp, sp, pp, tokens, frontier)
+    np.testing.assert_allclose(full[distance == 0], own[distance == 0], atol=ATOL)
+    assert np.abs(full[distance > 0] - own[distance > 0]).max() > 1e-3
+    _, hiddens = forward(lp, large, tokens)
+    shallow = jit(tandem_forward, static_argnums=(2, 3, 8))  # depth 2: one pass too few
+    short = np.asarray(shallow(sp, pp, small, wiring, hiddens, tokens, frontier, None, 2))
+    np.testing.assert_allclose(short[distance < 2], full[distance < 2], atol=ATOL)
+    assert np.abs(short[distance == 2] - full[distance == 2]).max() > 1e-3

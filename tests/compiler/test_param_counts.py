@@ -71,13 +71,20 @@ PROJECTIONS = [  # every kind, with and without bias, per layer and shared
 
 @pytest.mark.parametrize("kw", PROJECTIONS, ids=lambda kw: "-".join(map(str, kw.values())))
 @pytest.mark.parametrize("wired", [(0, 2), (1,)])
-@pytest.mark.parametrize("fuse", [False, True])
-def test_projection_param_count(kw, wired, fuse):
+@pytest.mark.parametrize("fuse,predict", [(False, False), (True, False), (False, True)])
+def test_projection_param_count(kw, wired, fuse, predict):
     proj = ProjectionIR(name="p", d_in=48, d_out=32, **kw)
-    shapes = jax.eval_shape(lambda k: init_projection(proj, wired, k, "float32", fuse), KEY)
-    assert n_params(shapes) == param_count(proj, len(wired), fuse)
+    shapes = jax.eval_shape(
+        lambda k: init_projection(proj, wired, k, "float32", fuse, predict), KEY
+    )
+    assert n_params(shapes) == param_count(proj, len(wired), fuse, predict)
     copies = {f"layers_{j}" for j in wired} if proj.per_layer else {"shared"}
-    assert set(shapes) == copies | ({"fuse"} if fuse else set())
+    extras = ({"fuse"} if fuse else set()) | ({"predict"} if predict else set())
+    assert set(shapes) == copies | extras
+    if predict:  # one d_out x d_out map per wired small layer
+        assert {j: v["w"].shape for j, v in shapes["predict"].items()} == {
+            f"layers_{j}": (32, 32) for j in wired
+        }
 
 
 def test_fused_program_params():

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_ir import VOCAB, jit, large_cfg, program, small_cfg, stage, tandem_wiring
+from tiny_ir import VOCAB, jit, large_cfg, program, replace, small_cfg, stage, tandem_wiring
 
 from compiler.errors import IRInvariantError
 from compiler.ir import ObjectiveIR, OptimizerIR, WiringIR
@@ -103,6 +103,34 @@ def test_loss_decreases(params, batch, name):
         np.testing.assert_array_equal(a, np.asarray(b))
     if st.objective.kind == "distil":
         assert {"ce", "distil", "agreement"} <= set(metrics)
+
+
+def test_memory_prediction_trains_and_reports_its_loss(params, batch):
+    """A wiring with memory prediction: the regression loss is a metric, its weighted sum
+    with the token loss is the loss, and both go down; the predicting maps get gradients."""
+    wiring = tandem_wiring(SMALL, LARGE, (1,), predict=0.5, depth=3)
+    prog = program([LARGE, SMALL, DRAFTER], [wiring, NONE])
+    st = stage(ObjectiveIR(kind="distil", model="small"), ["small", "l2s"])
+    p = init_params(prog, jax.random.PRNGKey(0))
+    assert set(p["l2s"]["predict"]) == {"layers_0"}
+    key = jax.random.PRNGKey(1)
+    loss, metrics = jit(make_loss_fn(prog, st))(p, batch, key)
+    assert float(metrics["prediction"]) > 0.1
+    unweighted = program([LARGE, SMALL, DRAFTER], [replace(wiring, predict=0.0), NONE])
+    token_loss, _ = jit(make_loss_fn(unweighted, st))(p, batch, key)  # same model, weight 0
+    np.testing.assert_allclose(
+        float(loss), float(token_loss) + 0.5 * float(metrics["prediction"]), rtol=1e-5
+    )
+    grads = jax.grad(lambda q: make_loss_fn(prog, st)(q, batch, jax.random.PRNGKey(1))[0])(p)
+    assert float(jnp.abs(grads["l2s"]["predict"]["layers_0"]["w"]).max()) > 0
+    state = init_train_state(prog, st, p)
+    step = make_train_step(prog, st)
+    first = None
+    for i in range(30):
+        state, m = step(state, batch, jax.random.PRNGKey(i))
+        first = first or {k: float(m[k]) for k in ("loss", "prediction")}
+    assert float(m["loss"]) < 0.7 * first["loss"]
+    assert float(m["prediction"]) < 0.8 * first["prediction"]
 
 
 def test_drafter_distillation_loss_is_the_formula(params, batch):

@@ -48,22 +48,27 @@ def small_cfg(**kw) -> DecoderIR:
     return DecoderIR(**base)
 
 
-def tandem_wiring(small: DecoderIR, large: DecoderIR, layer_map, fuse=None, **proj_kw) -> WiringIR:
+def tandem_wiring(
+    small: DecoderIR, large: DecoderIR, layer_map, fuse=None, predict=None, depth=2, **proj_kw
+) -> WiringIR:
+    """depth: the wiring's block and block_max (with predict, what training passes cover)."""
     proj = ProjectionIR(
         name="l2s", kind=proj_kw.pop("kind", "linear"), d_in=large.d_model, d_out=small.d_model,
         **proj_kw,
     )  # fmt: skip
     return WiringIR(
         kind="tandem", query=small.name, memory=large.name, layer_map=tuple(layer_map),
-        projection=proj, fuse=fuse,
+        projection=proj, fuse=fuse, predict=predict, block=depth, block_max=depth,
     )  # fmt: skip
 
 
-# (small overrides, layer_map, projection overrides and the wiring's fuse): the variants the
-# cache-rule test covers
+# (small overrides, layer_map, projection overrides and the wiring's fuse / predict): the
+# variants the cache-rule test covers (its rounds draft 3 tokens: a predicting wiring covers
+# depth 3)
 TANDEM_VARIANTS = {
     "linear-all-wired": ({}, (2, 3), {}),
     "fused-input-gqa": (dict(n_kv_heads=2), (1, 3), dict(fuse=3)),
+    "predicted-memory-gqa": (dict(n_kv_heads=2), (3, 2), dict(predict=1.0, depth=3)),
     "mlp-shared-bias-partial-gqa": (
         dict(n_kv_heads=2),
         (None, 1),

@@ -26,10 +26,13 @@ def decoder(name: str, d: int, layers: int, heads: int = 4, kv: int = 2, **kw) -
                      n_heads=heads, n_kv_heads=kv, d_ff=2 * d, max_len=MAX_LEN, **kw)  # fmt: skip
 
 
-def tandem(small: DecoderIR, large: DecoderIR, layer_map, fuse=None) -> WiringIR:
+def tandem(small: DecoderIR, large: DecoderIR, layer_map, fuse=None, predict=None) -> WiringIR:
+    """With predict, training (and `teacher_forced`) covers blocks of up to 3 tokens."""
     proj = ProjectionIR(name="l2s", kind="linear", d_in=large.d_model, d_out=small.d_model)
+    depth = 3 if predict is not None else 2
     return WiringIR(kind="tandem", query=small.name, memory=large.name,
-                    layer_map=tuple(layer_map), projection=proj, fuse=fuse)  # fmt: skip
+                    layer_map=tuple(layer_map), projection=proj, fuse=fuse, predict=predict,
+                    block=depth, block_max=depth)  # fmt: skip
 
 
 def independent(small: DecoderIR) -> WiringIR:
@@ -39,15 +42,17 @@ def independent(small: DecoderIR) -> WiringIR:
 
 def program(kind: str = "tandem", *, vocab: int = VOCAB, d_large: int = 48, d_small: int = 32):
     """kind: tandem (all layers wired) | fused (tandem with a feature input from the large
-    model's last layer) | partial (one unwired small layer) | independent | copy (the
-    drafter is an independent copy of the large model's architecture)."""
+    model's last layer) | predicted (tandem with memory prediction past the frontier) |
+    partial (one unwired small layer) | independent | copy (the drafter is an independent
+    copy of the large model's architecture)."""
     large = decoder("large", d_large, 2, vocab=vocab)
     if kind == "copy":
         small = decoder("small", d_large, 2, vocab=vocab)
     else:
         small = decoder("small", d_small, 2, heads=4, kv=4, vocab=vocab)
-    if kind in ("tandem", "fused"):
-        wiring = tandem(small, large, (1, 2), fuse=2 if kind == "fused" else None)
+    if kind in ("tandem", "fused", "predicted"):
+        fuse = 2 if kind == "fused" else None
+        wiring = tandem(small, large, (1, 2), fuse, 1.0 if kind == "predicted" else None)
     elif kind == "partial":
         wiring = tandem(small, large, (2, None))
     else:

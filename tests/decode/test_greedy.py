@@ -35,7 +35,8 @@ SLOW = pytest.mark.slow  # run with: pytest -m slow tests/decode (or -m "" for e
 
 @pytest.mark.parametrize(
     "kind,gamma",
-    [("tandem", 1), ("tandem", 3), ("tandem", 8), ("fused", 3), ("independent", 3),
+    [("tandem", 1), ("tandem", 3), ("tandem", 8), ("fused", 3), ("predicted", 4),
+     ("independent", 3),
      pytest.param("independent", 1, marks=SLOW), pytest.param("independent", 8, marks=SLOW)],
 )  # fmt: skip
 def test_greedy_speed_equals_autoregressive(kind, gamma):

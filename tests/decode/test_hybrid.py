@@ -52,7 +52,7 @@ def hybrid_ir(policy="speed", n=2, **kw):
     return dataclasses.replace(decode_ir(policy, **kw), lookup=n)
 
 
-@pytest.mark.parametrize("kind", ["tandem", "fused", "independent", "partial"])
+@pytest.mark.parametrize("kind", ["tandem", "fused", "predicted", "independent", "partial"])
 def test_greedy_hybrid_equals_autoregressive(kind):
     prog = program(kind)
     params = params_for(prog, head_scale=4.0)  # peaked: the large model repeats itself
@@ -65,7 +65,7 @@ def test_greedy_hybrid_equals_autoregressive(kind):
     # both kinds of round, and rows that had both
     assert st.lookup_rounds.sum() > 0 and model_rounds.sum() > 0
     assert ((st.lookup_rounds > 0) & (model_rounds > 0)).sum() >= 2
-    if kind in ("tandem", "fused"):  # no prompt pass, no catch-up: G steps per M_S round
+    if kind in ("tandem", "fused", "predicted"):  # no prompt pass, no catch-up: G steps a round
         np.testing.assert_array_equal(st.small_calls, 3 * model_rounds)
     else:  # + the prompt pass (+ a tail step per round), + catch-up blocks after lookup rounds
         per_round = 4 if kind == "partial" else 3

@@ -30,7 +30,8 @@ def _run(prog, params, decode, lens, p_max):
 @pytest.mark.parametrize(
     "kind,gamma,batch,draft_vocab",
     [("tandem", 4, ([6], 6), 0), ("independent", 3, ([3, 7, 1, 5], 8), 0),
-     ("tandem", 3, ([3, 7], 7), 40), ("copy", 5, ([5], 5), 0)],
+     ("tandem", 3, ([3, 7], 7), 40), ("predicted", 3, ([4, 2], 6), 40),
+     ("copy", 5, ([5], 5), 0)],
 )  # fmt: skip
 def test_greedy_speed_on_the_kernel_equals_autoregressive(kind, gamma, batch, draft_vocab):
     prog = program(kind)

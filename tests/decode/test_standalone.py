@@ -44,7 +44,8 @@ def _frontiers(lens, t_total: int, free: bool) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "kind,free",
-    [("tandem", True), ("tandem", False), ("fused", False), ("partial", True),
+    [("tandem", True), ("tandem", False), ("fused", False), ("predicted", True),
+     ("predicted", False), ("partial", True),
      pytest.param("partial", False, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_standalone_logits_equal_teacher_forced(kind, free):

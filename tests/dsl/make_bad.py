@@ -93,6 +93,9 @@ CASES = {
     + "     objective: {kind: distil, teacher: large, draft_vocab: 32}}\n",
     "fuse_layer": BASE.replace("via: l2s}", "via: l2s, fuse: 5}"),
     "fuse_partial": BASE.replace("via: l2s}", 'via: l2s, layers: "small[1] <- large[4]", fuse: 4}'),
+    "predict_partial": BASE.replace(
+        "via: l2s}", 'via: l2s, layers: "small[1] <- large[4]", predict: 1.0}'
+    ),
     "seq_len_too_long": BASE
     + "train:\n  - {name: t, trainable: [small], steps: 10, seq_len: 256}\n",
     "mesh_axis": BASE + "sharding: [[heads, modle]]\n",

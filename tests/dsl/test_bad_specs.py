@@ -32,6 +32,7 @@ EXPECTED = {
     "trained_draft_vocab": ("E-CHECK-DRAFT-VOCAB", 15, 61),
     "fuse_layer": ("E-CHECK-FUSE", 9, 51),
     "fuse_partial": ("E-CHECK-FUSE", 9, 83),
+    "predict_partial": ("E-CHECK-PREDICT", 9, 86),
     "embed_from_wider": ("E-CHECK-EMBED-INIT", 4, 68),
     "enum_norm": ("E-SCHEMA-ENUM", 5, 55),
     "enum_policy": ("E-SCHEMA-ENUM", 10, 18),

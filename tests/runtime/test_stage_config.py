@@ -24,6 +24,7 @@ def _older(config: dict) -> dict:
         m["init"].pop("copy_layers")
     for w in old["wiring"]:
         w.pop("fuse")
+        w.pop("predict")
         if w.get("projection"):
             w["projection"].pop("init")
     old["data"].pop("text_field")
