@@ -20,8 +20,9 @@ from tandem_dsl import api
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "specs").glob("*.yaml"))
 # Variants of the flagship whose programs are the flagship's but for a train step's input (a
-# stored teacher batch, tested run in tests/compiler/test_cached_train_step.py) or an init:
-# lowering them again costs CI ~45 s, so it runs with -m slow.
+# stored teacher batch, tested run in tests/compiler/test_cached_train_step.py), an init or
+# memory prediction (lowered on the quickstart in `test_variants_are_spec_edits`): lowering
+# them again costs CI ~45 s, so it runs with -m slow.
 FLAGSHIP_VARIANTS = {"smollm2-cached", "smollm2-from-large"}
 LOWERED = [
     pytest.param(p, marks=pytest.mark.slow) if p.stem in FLAGSHIP_VARIANTS else p for p in SHIPPED
