@@ -144,29 +144,9 @@ def _last_memory_feature(proj_params, large_hidden, frontier) -> jax.Array:
     return jnp.where(last[..., None] >= 0, rows, 0).astype(feature.dtype)
 
 
-def tandem_forward(
-    small_params: dict,
-    proj_params: dict | None,
-    small_cfg: DecoderIR,
-    wiring: WiringIR,
-    large_hiddens: list[jax.Array],
-    tokens: jax.Array,
-    frontier: jax.Array,
-    scale: ScaleIR | None = None,
-    depth: int | None = None,
-) -> jax.Array:
-    """Teacher-forced Tandem M_S. tokens [B, T], frontier [B, T] -> logits [B, T, V] f32.
-
-    large_hiddens: M_L's hiddens from `decoder_forward` over the same tokens (n_layers_L + 1
-    of [B, T, D_L]); the caller applies stop_gradient when M_L is frozen. Unwired layers are
-    ordinary causal layers; wiring.kind == "none" is a plain causal pass. `scale` as for
-    `run_layers`, but the layers stay unrolled (each reads its own large-model layer).
-    depth (memory prediction only): the most positions any query lies past its frontier,
-    plus one (the block length; default wiring.block_max).
-    """
-    return tandem_forward_and_prediction(
-        small_params, proj_params, small_cfg, wiring, large_hiddens, tokens, frontier, scale, depth
-    )[0]
+def tandem_forward(*args, **kwargs) -> jax.Array:
+    """`tandem_forward_and_prediction`'s logits alone."""
+    return tandem_forward_and_prediction(*args, **kwargs)[0]
 
 
 def tandem_forward_and_prediction(
@@ -180,8 +160,16 @@ def tandem_forward_and_prediction(
     scale: ScaleIR | None = None,
     depth: int | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """`tandem_forward`'s logits and, with memory prediction, its `prediction_loss` (else
-    None)."""
+    """Teacher-forced Tandem M_S. tokens [B, T], frontier [B, T] -> (logits [B, T, V] f32,
+    the `prediction_loss` with memory prediction, else None).
+
+    large_hiddens: M_L's hiddens from `decoder_forward` over the same tokens (n_layers_L + 1
+    of [B, T, D_L]); the caller applies stop_gradient when M_L is frozen. Unwired layers are
+    ordinary causal layers; wiring.kind == "none" is a plain causal pass. `scale` as for
+    `run_layers`, but the layers stay unrolled (each reads its own large-model layer).
+    depth (memory prediction only): the most positions any query lies past its frontier,
+    plus one (the block length; default wiring.block_max).
+    """
     if wiring.kind == "none":
         return decoder_forward(small_params, small_cfg, tokens, scale=scale)[0], None
     if scale is not None:
