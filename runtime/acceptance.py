@@ -79,7 +79,7 @@ def run_acceptance(r) -> dict:
     if n_look:
         out["lookup"][f"prompt lookup n={n_look}"] = rows_of(None, 1)
     for name in drafters:
-        preds = greedy_drafts(r.prog, name, params, seqs, g_max, d.draft_vocab)
+        preds, ranks = drafts_and_ranks(r.prog, name, params, seqs, g_max, d.draft_vocab)
         rows = rows_of(preds, 0)
         if n_look:
             least = shortest_match(n_look, d.lookup_min)
@@ -91,6 +91,7 @@ def run_acceptance(r) -> dict:
                 preds, seqs, lens, d.max_new_tokens, g_max
             ),
             "first_draft_by_position": first_draft_by_position(preds, seqs, lens, d.max_new_tokens),
+            "first_draft_top_k": first_draft_top_k(ranks, lens, d.max_new_tokens),
         }
     return out
 
@@ -118,38 +119,54 @@ def continuations(r, d, tokens, lens, extra: int) -> list[np.ndarray]:
     return [np.concatenate([tokens[i, :n], gen[i]]).astype(np.int32) for i, n in enumerate(lens)]
 
 
-def greedy_drafts(prog, name: str, params, seqs, g_max: int, draft_vocab: int) -> list:
-    """Per sequence, the drafter's greedy draft after each position [R, T] (`_predictor`).
-    The sequences are padded to one width (one compile; causal, so the zeros after a
-    sequence change nothing before them)."""
+def drafts_and_ranks(prog, name: str, params, seqs, g_max: int, draft_vocab: int) -> tuple:
+    """Per sequence, the drafter's greedy draft after each position [R, T] and the rank among
+    its draft ids of the token that follows there in the sequence [R, T] (0: the greedy draft;
+    the number of draft ids: not a draft id), as `_predictor` gives them. The sequences are
+    padded to one width (one compile; causal, so the zeros after a sequence change nothing
+    before them)."""
     predict = _predictor(prog, name, g_max, draft_vocab)
     width = max(len(s) for s in seqs)
-    padded = [jnp.asarray(np.pad(s, (0, width - len(s)))[None]) for s in seqs]
-    return [np.asarray(predict(params, p))[:, : len(s)] for p, s in zip(padded, seqs, strict=True)]
+    drafts, ranks = [], []
+    for s in seqs:
+        pred, rank = predict(params, jnp.asarray(np.pad(s, (0, width - len(s)))[None]))
+        drafts.append(np.asarray(pred)[:, : len(s)])
+        ranks.append(np.asarray(rank)[:, : len(s)])
+    return drafts, ranks
 
 
 def _predictor(prog, name: str, g_max: int, draft_vocab: int):
-    """jit(params, seq [1, T]) -> the drafter's greedy draft after each position [R, T]: R = 1
-    for an independent drafter; for a Tandem drafter row o is the round whose frontier is
-    o mod g_max. Drafts come from the first draft_vocab ids (all when 0), as in decoding."""
+    """jit(params, seq [1, T]) -> (the drafter's greedy draft after each position, the rank of
+    the sequence's next token in its logits) [R, T] each: R = 1 for an independent drafter;
+    for a Tandem drafter row o is the round whose frontier is o mod g_max. Drafts come from
+    the first draft_vocab ids (all when 0), as in decoding."""
     cfg = prog.model(name)
     w = prog.wiring_of(name)
     v = draft_vocab or cfg.vocab
 
-    def greedy(logits):
-        return jnp.argmax(logits[0, :, :v], axis=-1).astype(jnp.int32)
+    def greedy_and_rank(logits, seq):
+        logits = logits[0, :, :v]
+        nxt = jnp.concatenate([seq[0, 1:], seq[0, :1]])  # the last position's is never read
+        at = jnp.take_along_axis(logits, jnp.minimum(nxt, v - 1)[:, None], axis=-1)
+        ids = jnp.arange(v)
+        # ids ranked ahead of the next token: higher logits, or equal ones that argmax
+        # (the first maximum) would pick first
+        ahead = (logits > at) | ((logits == at) & (ids < nxt[:, None]))
+        rank = jnp.where(nxt < v, ahead.sum(-1), v)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), rank.astype(jnp.int32)
 
     def predict(params, seq):
         if not prog.is_tandem(name):
-            return greedy(decoder_forward(params[name], cfg, seq)[0])[None]
+            pred, rank = greedy_and_rank(decoder_forward(params[name], cfg, seq)[0], seq)
+            return pred[None], rank[None]
         _, hiddens = decoder_forward(params[w.memory], prog.model(w.memory), seq)
         proj = params.get(w.projection.name)
         rows = []
         for o in range(g_max):
             frontier = frontier_grid(seq.shape[1], g_max, o)
             logits = tandem_forward(params[name], proj, cfg, w, hiddens, seq, frontier, depth=g_max)
-            rows.append(greedy(logits))
-        return jnp.stack(rows)
+            rows.append(greedy_and_rank(logits, seq))
+        return jnp.stack([p for p, _ in rows]), jnp.stack([k for _, k in rows])
 
     return jax.jit(predict)
 
@@ -269,11 +286,28 @@ def first_draft_by_position(preds, seqs, lens, max_new: int) -> list[dict]:
              "count": int(counts[b])} for b in np.flatnonzero(counts)]  # fmt: skip
 
 
+TOP_KS = (1, 2, 4, 8)
+
+
+def first_draft_top_k(ranks, lens, max_new: int) -> dict[int, float]:
+    """How often the target's token is among the drafter's k likeliest draft ids at a round's
+    first draft, for k in TOP_KS (k = 1: the greedy draft, agreement at d=1), over every
+    frontier of the continuations: what a round that verified k first drafts side by side
+    (a tree) would accept there."""
+    firsts = []
+    for rank, n in zip(ranks, lens, strict=True):
+        t = np.arange(int(n) - 1, int(n) - 1 + max_new)
+        firsts.append(rank[t % len(rank), t])
+    first = np.concatenate(firsts)
+    return {k: float((first < k).mean()) for k in TOP_KS}
+
+
 def markdown(out: dict) -> str:
-    """Three tables: tau and acceptance by draft position per drafter and gamma (with tau per
-    prompt class), agreement with the target by distance from the frontier, and first-draft
-    agreement by position in the sequence (with the number of rounds' frontiers); and a fourth
-    for prompt lookup and hybrid drafting when the spec has them."""
+    """Four tables: tau and acceptance by draft position per drafter and gamma (with tau per
+    prompt class), agreement with the target by distance from the frontier, first-draft
+    agreement by position in the sequence (with the number of rounds' frontiers) and how
+    often the target's token is in the first draft's top k; and a fifth for prompt lookup and
+    hybrid drafting when the spec has them."""
     kinds = kinds_of((p["kind"], p["text"]) for p in out["prompts"])
     g_max = max(out["gammas"])
     head = ["drafter", "gamma", "tau", *[f"tau {k}" for k in kinds]]
@@ -303,6 +337,11 @@ def markdown(out: dict) -> str:
             for s in starts
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    head = ["drafter (d=1): target in top k", *[f"k={k}" for k in TOP_KS]]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in out["drafters"].items():
+        share = row["first_draft_top_k"]
+        lines.append("| " + " | ".join([name, *[f"{share[k]:.3f}" for k in TOP_KS]]) + " |")
     if out.get("lookup"):
         head = ["with prompt lookup", "gamma", "tau", *[f"tau {k}" for k in kinds]]
         head += ["rounds by lookup", "rounds"]

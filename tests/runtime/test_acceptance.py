@@ -20,6 +20,7 @@ import pytest
 from compiler.decode import loops
 from compiler.decode.drafting import draft_head
 from compiler.decode.programs import loop_config
+from compiler.nn.decoder import decoder_forward
 from runtime import acceptance, bench, run
 from runtime.cli import main
 
@@ -121,7 +122,7 @@ def test_replay_equals_the_decode_loop(trained, tmp_path):
         prompts = [p for _, p in bench.bench_prompts(r, dataclasses.replace(d, gamma=4))]
         tokens, lens = run.encode_prompts(r, prompts, d)
         seqs = acceptance.continuations(r, d, tokens, lens, 3)
-        preds = acceptance.greedy_drafts(r.prog, draft, run.trained_params(r), seqs, 3, 0)
+        preds, _ = acceptance.drafts_and_ranks(r.prog, draft, run.trained_params(r), seqs, 3, 0)
         assert preds[0].shape[0] == (3 if draft == "small" else 1)
         loop = _decoded(r, run.trained_params(r), draft, gamma, eos, prompts)
         for i, (pred, seq, n) in enumerate(zip(preds, seqs, lens, strict=True)):
@@ -160,7 +161,7 @@ def test_hybrid_replay_equals_the_decode_loop(trained, tmp_path, which):
     seqs = acceptance.continuations(r, d, tokens, lens, 4)
     by_lookup = by_model = 0
     for draft, gamma, settings in HYBRID:
-        preds = acceptance.greedy_drafts(r.prog, draft, params, seqs, 3, 0)
+        preds, _ = acceptance.drafts_and_ranks(r.prog, draft, params, seqs, 3, 0)
         n, lg = settings["lookup"], settings.get("lookup_gamma", 0)
         tables = acceptance.lookup_tables(seqs, n, max(lg, gamma))
         least = settings.get("lookup_min", 0) or n
@@ -206,6 +207,10 @@ def test_the_command_prints_both_tables(trained, capsys, tmp_path):
     rounds = sum(b["count"] for b in buckets)
     by_position = sum(b["agreement"] * b["count"] for b in buckets) / rounds
     assert by_position == pytest.approx(small["agreement_by_distance"][0])
+    assert "| drafter (d=1): target in top k | k=1 | k=2 | k=4 | k=8 |" in text
+    top = [small["first_draft_top_k"][str(k)] for k in acceptance.TOP_KS]
+    assert top[0] == pytest.approx(small["agreement_by_distance"][0])
+    assert top == sorted(top) and top[-1] <= 1
     # the bench's prompt_lookup (3): prompt lookup alone and each drafter's hybrid rows
     assert "| with prompt lookup | gamma | tau |" in text
     assert set(got["lookup"]) == {
@@ -227,3 +232,35 @@ def test_first_draft_by_position_buckets_the_frontier():
         {"start": 0, "agreement": 1.0, "count": 29},  # frontiers 99..127
         {"start": 128, "agreement": 0.0, "count": 121},  # frontiers 128..248
     ]
+
+
+def test_ranks_order_the_next_token_among_the_draft_ids(trained):
+    """A rank is 0 exactly where the greedy draft is the next token, the number of draft ids
+    where that token is not one, and otherwise its place in the drafter's logits sorted
+    high to low (ties by id, as argmax breaks them)."""
+    spec, r = trained
+    d, params = r.prog.decode, run.trained_params(r)
+    prompts = [p for _, p in bench.bench_prompts(r, dataclasses.replace(d, gamma=4))]
+    tokens, lens = run.encode_prompts(r, prompts, d)
+    seqs = acceptance.continuations(r, d, tokens, lens, 3)
+    v = 110  # byte ids: leaves out "n".."z", so some next tokens are not draft ids
+    for draft in ("small", "drafter"):
+        preds, ranks = acceptance.drafts_and_ranks(r.prog, draft, params, seqs, 3, v)
+        for pred, rank, seq in zip(preds, ranks, seqs, strict=True):
+            nxt = seq[1:]
+            assert ((rank[:, :-1] == 0) == (pred[:, :-1] == nxt)).all()
+            assert (rank[:, :-1][:, nxt >= v] == v).all() and (nxt >= v).any()
+    seq = seqs[0]
+    logits = decoder_forward(params["drafter"], r.prog.model("drafter"), jnp.asarray(seq[None]))
+    order = np.argsort(-np.asarray(logits[0][0, :, :v]), axis=-1, kind="stable")
+    want = [int(np.flatnonzero(order[t] == seq[t + 1])[0]) if seq[t + 1] < v else v
+            for t in range(len(seq) - 1)]  # fmt: skip
+    assert ranks[0][0, :-1].tolist() == want
+
+
+def test_first_draft_top_k_reads_each_rounds_row():
+    """A Tandem drafter's rank at a round's first draft comes from the row of that round's
+    frontier (t mod R), over the frontiers from the prompt's end."""
+    ranks = np.array([[0, 9, 0, 9, 0, 9], [9, 1, 9, 5, 9, 7]])  # row t % 2 is read at t
+    got = acceptance.first_draft_top_k([ranks], [2], 4)  # frontiers 1..4
+    assert got == {1: 0.5, 2: 0.75, 4: 0.75, 8: 1.0}  # ranks 1, 0, 5, 0
