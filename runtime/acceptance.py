@@ -253,12 +253,19 @@ def _totals(replays: list[dict], prompts, kind: str) -> dict:
     }
 
 
+def _at_distance(rows, n, max_new: int, d: int):
+    """(positions t, the drafter's entry for the token after t as drafted at distance d + 1
+    from its round's frontier: rows [R, T] read at row (t - d) mod R) over the continuation,
+    frontiers from the prompt's end."""
+    t = np.arange(int(n) - 1 + d, int(n) - 1 + max_new)
+    return t, rows[(t - d) % len(rows), t]
+
+
 def _agreement_at(pred, seq, n, max_new: int, d: int):
     """(positions t, whether the drafter's token after t, drafted at distance d + 1 from its
-    round's frontier, equals the target's) over the continuation, frontiers from the prompt's
-    end."""
-    t = np.arange(int(n) - 1 + d, int(n) - 1 + max_new)
-    return t, pred[(t - d) % len(pred), t] == seq[t + 1]
+    round's frontier, equals the target's) over the continuation."""
+    t, drafted = _at_distance(pred, n, max_new, d)
+    return t, drafted == seq[t + 1]
 
 
 def agreement_by_distance(preds, seqs, lens, max_new: int, g_max: int) -> list[float]:
@@ -294,11 +301,9 @@ def first_draft_top_k(ranks, lens, max_new: int) -> dict[int, float]:
     first draft, for k in TOP_KS (k = 1: the greedy draft, agreement at d=1), over every
     frontier of the continuations: what a round that verified k first drafts side by side
     (a tree) would accept there."""
-    firsts = []
-    for rank, n in zip(ranks, lens, strict=True):
-        t = np.arange(int(n) - 1, int(n) - 1 + max_new)
-        firsts.append(rank[t % len(rank), t])
-    first = np.concatenate(firsts)
+    first = np.concatenate(
+        [_at_distance(rank, n, max_new, 0)[1] for rank, n in zip(ranks, lens, strict=True)]
+    )
     return {k: float((first < k).mean()) for k in TOP_KS}
 
 
